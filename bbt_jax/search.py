@@ -1,0 +1,181 @@
+"""The BBT search: evosax CMA-ES minimising the training loss of z.
+
+One generation = ask -> one fused population evaluation -> tell. The generations
+between two dev evaluations run in `jax.lax.scan` inside ONE compiled call that
+also scores the interval's best candidate on dev and keeps the best-on-dev z, so
+the host syncs once per interval (one `jax.device_get`). A final, shorter interval
+does not recompile: generations past the budget are skipped with `lax.cond`.
+
+Selection, as Black-Box-Tuning `bbt.py` (eval_every, best_dev_perf): every
+`eval_every` calls a candidate is scored on dev and kept if its dev metric is
+strictly better than the best so far; we score the interval's lowest-train-loss
+candidate (bbt.py's parallel mode scores the generation's best). The best-on-dev
+z is the one evaluated on test.
+
+Shape letters: P population, K intrinsic dim, G generations per interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from evosax.algorithms import CMA_ES, Sep_CMA_ES
+from flax import struct
+
+from bbt_jax.config import SearchConfig
+from bbt_jax.evaluate import EvalData, ScoreFn, member_fitness, population_fitness
+
+STRATEGY_CLASSES = {"cma_es": CMA_ES, "sep_cma_es": Sep_CMA_ES}
+# A non-finite loss is replaced by this before `tell`, so it ranks last and is never best.
+NONFINITE_LOSS = 1e30
+
+
+def _evosax_promotion():
+    """evosax relies on implicit rank promotion; allow it there even under strict settings."""
+    return jax.numpy_rank_promotion("allow")
+
+
+@struct.dataclass
+class SearchState:
+    es_state: object  # evosax state
+    key: jax.Array  # PRNG key, split every generation
+    generation: jax.Array  # int32, generations done
+    best_dev_perf: jax.Array  # float32, -inf before the first dev evaluation
+    best_dev_z_K: jax.Array  # float32 K, the best-on-dev candidate
+    best_dev_generation: jax.Array  # int32, generation at which it was scored (-1: none)
+    best_train_loss: jax.Array  # float32, lowest finite training loss seen
+    window_loss: jax.Array  # float32, lowest training loss in the current interval
+    window_z_K: jax.Array  # float32 K, its candidate
+    nonfinite: jax.Array  # int32, non-finite losses seen so far
+
+
+class Search:
+    """Builds the jitted interval function once; holds only static settings."""
+
+    def __init__(self, score_fn: ScoreFn, *, metric: str, config: SearchConfig, intrinsic_dim: int):
+        self.score_fn = score_fn
+        self.metric = metric
+        self.config = config
+        self.intrinsic_dim = intrinsic_dim
+        self.es = STRATEGY_CLASSES[config.strategy](
+            population_size=config.popsize, solution=jnp.zeros(intrinsic_dim, jnp.float32))
+        self.total_generations = config.generations
+        self.generations_per_eval = config.generations_per_eval
+        self.num_intervals = -(-self.total_generations // self.generations_per_eval)
+        self.interval = jax.jit(self._interval)
+        self.dev_init = jax.jit(self._dev_init)
+
+    # -- state -------------------------------------------------------------
+    def es_params(self, sigma: float | None = None):
+        """evosax params; numeric, so a new sigma does not recompile."""
+        sigma = self.config.sigma if sigma is None else sigma
+        params = self.es.default_params.replace(std_init=jnp.asarray(sigma, jnp.float32))
+        return jax.tree.map(jnp.asarray, params)  # on device once, not re-sent every interval
+
+    def init(self, key: jax.Array, es_params=None) -> SearchState:
+        es_params = self.es_params() if es_params is None else es_params
+        key, k_init = jax.random.split(key)
+        z0_K = jnp.zeros(self.intrinsic_dim, jnp.float32)
+        with _evosax_promotion():
+            es_state = self.es.init(k_init, z0_K, es_params)
+        return SearchState(
+            es_state=es_state, key=key, generation=jnp.asarray(0, jnp.int32),
+            best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_z_K=z0_K,
+            best_dev_generation=jnp.asarray(-1, jnp.int32),
+            best_train_loss=jnp.asarray(jnp.inf, jnp.float32),
+            window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z_K=z0_K,
+            nonfinite=jnp.asarray(0, jnp.int32))
+
+    # -- one generation ----------------------------------------------------
+    def _generation(self, frozen, proj, train: EvalData, es_params, state: SearchState):
+        key, k_ask, k_tell = jax.random.split(state.key, 3)
+        with _evosax_promotion():
+            z_PxK, es_state = self.es.ask(k_ask, state.es_state, es_params)
+        if self.config.bound > 0:
+            z_PxK = jnp.clip(z_PxK, -self.config.bound, self.config.bound)
+        loss_P, metrics_P = population_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj,
+                                               z_PxK, train, chunk=self.config.pop_chunk)
+        finite_P = jnp.isfinite(loss_P)
+        safe_P = jnp.where(finite_P, loss_P, NONFINITE_LOSS)
+        with _evosax_promotion():
+            es_state, _ = self.es.tell(k_tell, z_PxK, safe_P, es_state, es_params)
+        i = jnp.argmin(safe_P)
+        better = safe_P[i] < state.window_loss
+        n_finite = jnp.maximum(jnp.sum(finite_P), 1)
+        state = state.replace(
+            es_state=es_state, key=key, generation=state.generation + 1,
+            best_train_loss=jnp.minimum(state.best_train_loss, jnp.where(finite_P[i], safe_P[i], jnp.inf)),
+            window_loss=jnp.where(better, safe_P[i], state.window_loss),
+            window_z_K=jnp.where(better, z_PxK[i], state.window_z_K),
+            nonfinite=state.nonfinite + jnp.sum(~finite_P))
+        metrics = {"best_loss": safe_P[i], "mean_loss": jnp.sum(jnp.where(finite_P, loss_P, 0.0)) / n_finite,
+                   "best_perf": metrics_P["perf"][i], "nonfinite": jnp.sum(~finite_P)}
+        return state, metrics
+
+    def _skip(self, state: SearchState):
+        zero = jnp.asarray(0.0, jnp.float32)
+        return state, {"best_loss": zero, "mean_loss": zero, "best_perf": zero,
+                       "nonfinite": jnp.asarray(0, jnp.int32)}
+
+    # -- dev selection -----------------------------------------------------
+    def _dev_update(self, frozen, proj, dev: EvalData, state: SearchState, z_K):
+        loss, metrics = member_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj, z_K, dev)
+        better = metrics["perf"] > state.best_dev_perf  # strict, as bbt.py
+        state = state.replace(
+            best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
+            best_dev_z_K=jnp.where(better, z_K, state.best_dev_z_K),
+            best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
+        return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
+                       "best_dev_perf": state.best_dev_perf, "improved": better}
+
+    def _dev_init(self, frozen, proj, dev: EvalData, state: SearchState):
+        return self._dev_update(frozen, proj, dev, state, jnp.zeros_like(state.best_dev_z_K))
+
+    def _interval(self, frozen, proj, train: EvalData, dev: EvalData, es_params, state: SearchState):
+        """`generations_per_eval` generations in lax.scan, then one dev evaluation."""
+
+        def body(state, _):
+            return jax.lax.cond(state.generation < self.total_generations,
+                                lambda s: self._generation(frozen, proj, train, es_params, s),
+                                self._skip, state)
+
+        state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
+        state, dev_metrics = self._dev_update(frozen, proj, dev, state, state.window_z_K)
+        state = state.replace(window_loss=jnp.asarray(jnp.inf, jnp.float32))
+        return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
+                       "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
+
+    # -- host loop ---------------------------------------------------------
+    def run(self, frozen, proj, train: EvalData, dev: EvalData, state: SearchState, *, es_params=None,
+            history: list | None = None, on_interval: Callable | None = None):
+        """Run the remaining intervals; returns (state, history).
+
+        `history` holds one dict per generation (the curve) and is extended in
+        place; `on_interval(state, history, record)` is called after every
+        interval with host values (logging, checkpoints).
+        """
+        es_params = self.es_params() if es_params is None else es_params
+        history = [] if history is None else history
+        pop = self.config.popsize
+        done = len(history)
+        while done < self.total_generations:
+            state, out = self.interval(frozen, proj, train, dev, es_params, state)
+            out = jax.device_get(out)  # the one host sync of this interval
+            gens = out["generations"]
+            n_new = int(out["generation"]) - done
+            for j in range(n_new):
+                history.append({"generation": done + j + 1, "calls": (done + j + 1) * pop,
+                                "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
+                                "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j])})
+            done = int(out["generation"])
+            d = out["dev"]
+            record = {"generation": done, "calls": done * pop, "dev_perf": float(d["dev_perf"]),
+                      "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
+                      "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
+                      "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
+            history[-1]["dev"] = record
+            if on_interval is not None:
+                on_interval(state, history, record)
+        return state, history

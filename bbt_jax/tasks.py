@@ -1,0 +1,346 @@
+"""The seven BBT tasks: templates, verbalizers, and fixed-shape token arrays.
+
+Encoder (masked-LM) templates and verbalizers are those of Black-Box-Tuning
+`dataloaders/dataloader.py` and `metrics/metrics.py`; decoder templates are ours
+(the bbt.py GPT template scores about chance with SmolLM2, see
+../shared/notes/smollm2-calibration.md).
+
+A template is a string with the fields {prompt}, {text}, {text_pair} and, for
+masked LMs, {mask}. It is tokenized piece by piece so that the N prompt slots
+are exact token positions: a space that precedes a field in the template is
+given to that field (BPE then tokenizes exactly as the whole string would be),
+and dropped before {mask} (RoBERTa's <mask> strips left) and before {prompt}.
+
+Shape letters: B batch rows, L padded length, C classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from bbt_jax.data import Example
+from bbt_jax.errors import UserError
+from bbt_jax.types import Buckets, TokenBatch
+
+# Black-Box-Tuning fills the prompt slots with vocab ids 1000..1000+N-1 (dataloader.py).
+PLACEHOLDER_OFFSET = 1000
+
+ENCODER_PLACEMENTS = ("add", "cat")
+DECODER_PLACEMENTS = ("prefix", "suffix", "cue")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Task:
+    """One classification task and its prompts.
+
+    Attributes:
+      name: task id (also the data folder name).
+      labels: label names, index = label id (../shared/data/labels.json).
+      pair: whether examples are sentence pairs.
+      metric: "acc" or "f1" (binary F1 of label 1, as bbt.py's MRPC metric).
+      encoder_template: bbt.py's masked-LM template with a {prompt} field.
+      encoder_words: bbt.py's verbalizer words (no leading space, as bbt.py).
+      decoder_input: decoder template part that holds the input.
+      decoder_cue: the answer cue that follows the input (and the prompt in
+        "suffix" placement); in "cue" placement the soft prompt replaces it.
+      decoder_words: single-token label words for SmolLM2 (leading space).
+      spaced_words: replacements for the leading-space verbalizer where " word"
+        is still split (RoBERTa: " Athlete" -> " Ath" + "lete", so " athlete").
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    pair: bool
+    metric: str
+    encoder_template: str
+    encoder_words: tuple[str, ...]
+    decoder_input: str
+    decoder_cue: str
+    decoder_words: tuple[str, ...]
+    spaced_words: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def clean(self, text: str) -> str:
+        """Per-task input cleaning, as bbt.py's loaders do."""
+        if self.name == "yelpp":
+            return text.replace("\\n", " ")
+        if self.name == "dbpedia":
+            return text.strip()
+        return text
+
+
+_SENT = "{prompt} . {text} . It was {mask} ."
+_PAIR = "{prompt} . {text} ? {mask} , {text_pair}"
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(name="sst2", labels=("negative", "positive"), pair=False, metric="acc",
+             encoder_template=_SENT, encoder_words=("bad", "great"),
+             decoder_input="Review: {text}", decoder_cue="\nSentiment:",
+             decoder_words=(" negative", " positive")),
+        Task(name="yelpp", labels=("negative", "positive"), pair=False, metric="acc",
+             encoder_template=_SENT, encoder_words=("bad", "great"),
+             decoder_input="Review: {text}", decoder_cue="\nSentiment:",
+             decoder_words=(" negative", " positive")),
+        Task(name="agnews", labels=("World", "Sports", "Business", "Sci/Tech"), pair=False,
+             metric="acc", encoder_template="{prompt} . {mask} News: {text}",
+             encoder_words=("World", "Sports", "Business", "Tech"),
+             decoder_input="Article: {text}", decoder_cue="\nTopic:",
+             decoder_words=(" World", " Sports", " Business", " Technology")),
+        Task(name="dbpedia",
+             labels=("Company", "EducationalInstitution", "Artist", "Athlete", "OfficeHolder",
+                     "MeanOfTransportation", "Building", "NaturalPlace", "Village", "Animal",
+                     "Plant", "Album", "Film", "WrittenWork"),
+             pair=False, metric="acc", encoder_template="{prompt} [ Category: {mask} ] {text}",
+             encoder_words=("Company", "Education", "Artist", "Athlete", "Office",
+                            "Transportation", "Building", "Natural", "Village", "Animal",
+                            "Plant", "Album", "Film", "Written"),
+             decoder_input="Text: {text}", decoder_cue="\nCategory:",
+             decoder_words=(" Company", " School", " Artist", " Athlete", " Politician",
+                            " Vehicle", " Building", " Nature", " Village", " Animal",
+                            " Plant", " Album", " Film", " Book"),
+             spaced_words=(("Athlete", "athlete"),)),
+        Task(name="mrpc", labels=("not_equivalent", "equivalent"), pair=True, metric="f1",
+             encoder_template=_PAIR, encoder_words=("No", "Yes"),
+             decoder_input="Sentence 1: {text}\nSentence 2: {text_pair}",
+             decoder_cue="\nDo both sentences mean the same thing?",
+             decoder_words=(" No", " Yes")),
+        Task(name="snli", labels=("entailment", "neutral", "contradiction"), pair=True,
+             metric="acc", encoder_template=_PAIR, encoder_words=("Yes", "Maybe", "No"),
+             decoder_input="Premise: {text}\nHypothesis: {text_pair}",
+             decoder_cue="\nDoes the premise imply the hypothesis? Yes, Maybe or No?",
+             decoder_words=(" Yes", " Maybe", " No")),
+        Task(name="rte", labels=("entailment", "not_entailment"), pair=True, metric="acc",
+             encoder_template=_PAIR, encoder_words=("Yes", "No"),
+             decoder_input="Premise: {text}\nHypothesis: {text_pair}",
+             decoder_cue="\nDoes the premise imply the hypothesis?",
+             decoder_words=(" Yes", " No")),
+    )
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"--task {name}: unknown task (choose from {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """What the encoder needs to know about a tokenizer.
+
+    Attributes:
+      tokenizer: a `tokenizers.Tokenizer`.
+      kind: "mlm" (answer at <mask>) or "causal" (answer after the last token).
+      bos_id / eos_id: added around every row when not None.
+      mask_id: the <mask> id (masked LMs only).
+      pad_id: id written into padded positions.
+    """
+
+    tokenizer: object
+    kind: str
+    pad_id: int
+    bos_id: int | None = None
+    eos_id: int | None = None
+    mask_id: int | None = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def roberta_vocab(tokenizer) -> Vocab:
+    """RoBERTa's <s>=0, <pad>=1, </s>=2, <mask> from the tokenizer."""
+    ids = {t: tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<mask>")}
+    if None in ids.values():
+        missing = [k for k, v in ids.items() if v is None]
+        raise UserError(f"tokenizer: missing RoBERTa special tokens {missing}")
+    return Vocab(tokenizer, "mlm", pad_id=ids["<pad>"], bos_id=ids["<s>"], eos_id=ids["</s>"],
+                 mask_id=ids["<mask>"])
+
+
+def template_for(task: Task, vocab: Vocab, placement: str) -> str:
+    """The template string for a model kind and a prompt placement."""
+    if vocab.kind == "mlm":
+        if placement not in ENCODER_PLACEMENTS:
+            raise UserError(f"--placement {placement}: masked LMs take one of {ENCODER_PLACEMENTS}")
+        if placement == "cat":
+            # bbt.py's cat mode: the template without "<prompt> ."; the vectors go after <s>.
+            body = re.sub(r"^\{prompt\}( \.)? ", "", task.encoder_template)
+            return "{prompt}" + body
+        return task.encoder_template
+    if placement not in DECODER_PLACEMENTS:
+        raise UserError(f"--placement {placement}: decoder LMs take one of {DECODER_PLACEMENTS}")
+    if placement == "prefix":
+        return "{prompt}" + task.decoder_input + task.decoder_cue
+    if placement == "suffix":
+        return task.decoder_input + "{prompt}" + task.decoder_cue
+    return task.decoder_input + "{prompt}"
+
+
+_FIELD = re.compile(r"\{(prompt|text|text_pair|mask)\}")
+
+
+def _pieces(template: str) -> list[tuple[str, str]]:
+    """Split a template into ("lit", s) and ("field", name) pieces; spaces move to fields."""
+    out: list[tuple[str, str]] = []
+    pos = 0
+    for m in _FIELD.finditer(template):
+        lit = template[pos:m.start()]
+        lead = ""
+        if lit.endswith(" "):
+            lit, lead = lit[:-1], " "
+        if lit:
+            out.append(("lit", lit))
+        out.append(("field", lead + m.group(1)))
+        pos = m.end()
+    if template[pos:]:
+        out.append(("lit", template[pos:]))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """One templated row before padding."""
+
+    ids: list[int]
+    prompt_start: int
+    answer_pos: int
+    label: int
+
+
+def encode_example(ex: Example, task: Task, vocab: Vocab, template: str, n_prompt: int,
+                   max_length: int) -> Encoded:
+    """Tokenize one example; truncate the input text (never template or prompt)."""
+    pieces = _pieces(template)
+    texts = {}
+    for kind, name in pieces:
+        if kind == "field" and name.strip() in ("text", "text_pair"):
+            raw = ex.text if name.strip() == "text" else ex.text_pair
+            lead = " " if name.startswith(" ") else ""
+            texts[name.strip()] = vocab.encode(lead + task.clean(raw or ""))
+    fixed = sum(len(vocab.encode(s)) for k, s in pieces if k == "lit")
+    fixed += n_prompt + (vocab.mask_id is not None and vocab.kind == "mlm")
+    fixed += (vocab.bos_id is not None) + (vocab.eos_id is not None)
+    budget = max_length - fixed
+    if budget < 1:
+        raise UserError(f"--max-length {max_length}: too short for the template and {n_prompt} prompt tokens "
+                        f"(needs more than {fixed})")
+    # Truncate the longest text first (HF's "longest_first"), from the end.
+    while sum(len(t) for t in texts.values()) > budget:
+        longest = max(texts, key=lambda k: len(texts[k]))
+        texts[longest] = texts[longest][:-1]
+
+    ids: list[int] = [vocab.bos_id] if vocab.bos_id is not None else []
+    prompt_start = answer_pos = -1
+    for kind, name in pieces:
+        if kind == "lit":
+            ids += vocab.encode(name)
+        elif name.strip() == "prompt":
+            prompt_start = len(ids)
+            ids += list(range(PLACEHOLDER_OFFSET, PLACEHOLDER_OFFSET + n_prompt))
+        elif name.strip() == "mask":
+            answer_pos = len(ids)
+            ids.append(vocab.mask_id)
+        else:
+            ids += texts[name.strip()]
+    if vocab.eos_id is not None:
+        ids.append(vocab.eos_id)
+    if vocab.kind == "causal":
+        answer_pos = len(ids) - 1
+    if prompt_start < 0 or answer_pos < 0:
+        raise UserError(f"template {template!r}: needs {{prompt}} and an answer position")
+    return Encoded(ids, prompt_start, answer_pos, ex.label)
+
+
+def verbalizer_ids(task: Task, vocab: Vocab, *, leading_space: bool = False) -> np.ndarray:
+    """Label-word token ids, one per class.
+
+    Masked LMs follow bbt.py exactly: `encode(word, add_special_tokens=False)[0]`
+    with the word WITHOUT a leading space, so some DBPedia words are cut to their
+    first piece (warned once). `leading_space=True` uses " word", where every word
+    is one token. Decoder words already carry their space and must be one token.
+    """
+    words = task.encoder_words if vocab.kind == "mlm" else task.decoder_words
+    if vocab.kind == "mlm" and leading_space:
+        swap = dict(task.spaced_words)
+        words = tuple(" " + swap.get(w, w) for w in words)
+    ids, split = [], []
+    for w in words:
+        toks = vocab.encode(w)
+        if not toks:
+            raise UserError(f"verbalizer word {w!r} of task {task.name}: tokenizes to nothing")
+        if len(toks) > 1:
+            if vocab.kind == "causal" or leading_space:
+                raise UserError(f"verbalizer word {w!r} of task {task.name}: not a single token {toks}")
+            split.append(w)
+        ids.append(toks[0])
+    if split:
+        warnings.warn(f"{task.name}: verbalizer words {split} split into several tokens; using the first "
+                      "piece as bbt.py does (pass --verbalizer-space for single-token words)", stacklevel=2)
+    seen: dict[int, str] = {}
+    for w, i in zip(words, ids):
+        if i in seen:
+            raise UserError(f"verbalizer of task {task.name}: {seen[i]!r} and {w!r} share token id {i}")
+        seen[i] = w
+    return np.asarray(ids, np.int32)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def pad_batch(rows: Sequence[Encoded], length: int, pad_id: int, num_rows: int | None = None) -> TokenBatch:
+    """Right-pad rows to `length`; add weight-0 rows up to `num_rows`."""
+    num_rows = num_rows or len(rows)
+    ids = np.full((num_rows, length), pad_id, np.int32)
+    mask = np.zeros((num_rows, length), np.int32)
+    start = np.zeros(num_rows, np.int32)
+    answer = np.zeros(num_rows, np.int32)
+    labels = np.zeros(num_rows, np.int32)
+    weight = np.zeros(num_rows, np.float32)
+    for i, r in enumerate(rows):
+        ids[i, :len(r.ids)] = r.ids
+        mask[i, :len(r.ids)] = 1
+        start[i], answer[i], labels[i], weight[i] = r.prompt_start, r.answer_pos, r.label, 1.0
+    if len(rows) < num_rows:  # padding rows: a valid one-token row that never counts
+        mask[len(rows):, 0] = 1
+    return TokenBatch(ids, mask, start, answer, labels, weight)
+
+
+def make_buckets(rows: Sequence[Encoded], pad_id: int, *, num_buckets: int = 1,
+                 multiple: int = 8) -> Buckets:
+    """Split rows by length into `num_buckets` fixed-shape batches (one call runs them all)."""
+    if not rows:
+        raise UserError("no rows to batch")
+    order = sorted(rows, key=lambda r: len(r.ids))
+    num_buckets = max(1, min(num_buckets, len(order)))
+    groups = np.array_split(np.arange(len(order)), num_buckets)
+    return tuple(
+        pad_batch([order[i] for i in g], _round_up(max(len(order[i].ids) for i in g), multiple), pad_id)
+        for g in groups if len(g)
+    )
+
+
+def make_eval_batches(rows: Sequence[Encoded], pad_id: int, *, batch_rows: int = 32,
+                      multiple: int = 16) -> list[TokenBatch]:
+    """Fixed-size batches for dev/test scoring, sorted by length (few distinct shapes)."""
+    order = sorted(rows, key=lambda r: len(r.ids))
+    return [
+        pad_batch(chunk, _round_up(max(len(r.ids) for r in chunk), multiple), pad_id, batch_rows)
+        for chunk in (order[i:i + batch_rows] for i in range(0, len(order), batch_rows))
+    ]
+
+
+def real_tokens(batches: Sequence[TokenBatch]) -> int:
+    """Tokens that are not padding, summed over batches."""
+    return int(sum(np.asarray(b.attention_mask_BxL)[np.asarray(b.weight_B) > 0].sum() for b in batches))

@@ -1,0 +1,122 @@
+"""The search loop: one compiled interval, no recompilation, no host sync, NaN safety,
+dev selection; with a toy linear scorer (fast) and with the tiny RoBERTa."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bbt_jax.config import SearchConfig
+from bbt_jax.evaluate import make_eval_data
+from bbt_jax.prompt import make_projection
+from bbt_jax.search import NONFINITE_LOSS, Search
+
+K, C, D, B = 6, 3, 5, 24
+
+
+def toy_score(frozen, inputs, prompt_CxD):
+    """logits = x @ prompt.T, over every bucket: a linear classifier is the 'prompt'."""
+    return jnp.concatenate([x_BxD @ prompt_CxD.T * frozen["scale"] for x_BxD in inputs], axis=0)
+
+
+def toy_problem(seed=0, nan_rows=False):
+    rng = np.random.default_rng(seed)
+    W_true = rng.normal(size=(C, D))
+    x = rng.normal(size=(B, D)).astype(np.float32)
+    y = np.argmax(x @ W_true.T, -1).astype(np.int32)
+    inputs = (jnp.asarray(x[:10]), jnp.asarray(x[10:]))  # two "buckets"
+    data = make_eval_data(inputs, y, np.ones(B, np.float32))
+    proj = make_projection(jax.random.PRNGKey(seed), intrinsic_dim=K, p0_NxD=np.zeros((C, D)), embed_std=1.0)
+    frozen = {"scale": jnp.asarray(1.0)}
+    return frozen, proj, data
+
+
+def make_search(**kw):
+    cfg = SearchConfig(**{"popsize": 8, "budget": 8 * 13, "eval_every": 24, "sigma": 1.0, **kw})
+    return Search(toy_score, metric="acc", config=cfg, intrinsic_dim=K)
+
+
+def test_cma_lowers_loss_and_intervals_cover_budget():
+    frozen, proj, data = toy_problem()
+    s = make_search()
+    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    assert len(hist) == 13 and hist[-1]["calls"] == 104  # 13 generations, last interval partial
+    assert s.num_intervals == 5 and int(state.generation) == 13
+    assert min(h["best_loss"] for h in hist[-3:]) < hist[0]["best_loss"]
+    assert float(state.best_dev_perf) >= max(h["dev"]["dev_perf"] for h in hist if "dev" in h) - 1e-7
+
+
+def test_no_recompilation_after_first_interval():
+    frozen, proj, data = toy_problem()
+    s = make_search()
+    s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    assert s.interval._cache_size() == 1  # five intervals, incl. the shorter last one, one compile
+
+
+def test_one_host_pull_per_interval_and_no_transfers_inside(monkeypatch):
+    frozen, proj, data = toy_problem()
+    s = make_search()
+    state = s.init(jax.random.PRNGKey(0))
+    es_params = s.es_params()
+    s.interval(frozen, proj, data, data, es_params, state)  # compile outside the guard
+    with jax.transfer_guard("disallow"):
+        out_state, out = s.interval(frozen, proj, data, data, es_params, state)
+    calls = []
+    real = jax.device_get
+    monkeypatch.setattr(jax, "device_get", lambda x: calls.append(1) or real(x))
+    s.run(frozen, proj, data, data, state)
+    assert len(calls) == s.num_intervals
+
+
+def test_same_seed_same_result_and_matches_manual_loop():
+    """The scanned interval equals generations run one by one through ask/eval/tell."""
+    frozen, proj, data = toy_problem()
+    s = make_search(budget=8 * 3, eval_every=24)
+    state0 = s.init(jax.random.PRNGKey(5))
+    state, _ = s.run(frozen, proj, data, data, state0)
+    from bbt_jax.evaluate import population_fitness
+    st, p = state0, s.es_params()
+    key = st.key
+    with jax.numpy_rank_promotion("allow"):
+        for _ in range(3):
+            key, k_ask, k_tell = jax.random.split(key, 3)
+            z, es = s.es.ask(k_ask, st.es_state, p)
+            loss, _ = population_fitness(toy_score, "ce", "acc", frozen, proj, z, data)
+            es, _ = s.es.tell(k_tell, z, loss, es, p)
+            st = st.replace(es_state=es)
+    np.testing.assert_allclose(np.asarray(state.es_state.mean), np.asarray(st.es_state.mean), rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_losses_never_best():
+    frozen, proj, data = toy_problem()
+
+    def nan_score(frozen, inputs, prompt_CxD):
+        logits = toy_score(frozen, inputs, prompt_CxD)
+        # candidates whose first prompt entry is positive produce NaN
+        return jnp.where(prompt_CxD[0, 0] > 0, jnp.nan, logits)
+
+    cfg = SearchConfig(popsize=8, budget=8 * 6, eval_every=16)
+    s = Search(nan_score, metric="acc", config=cfg, intrinsic_dim=K)
+    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(1)))
+    assert int(state.nonfinite) > 0
+    assert all(np.isfinite(h["best_loss"]) and h["best_loss"] < NONFINITE_LOSS for h in hist)
+    assert np.isfinite(float(state.best_train_loss))
+    from bbt_jax.prompt import prompt_from_z
+    assert float(prompt_from_z(proj, state.best_dev_z_K)[0, 0]) <= 0
+
+
+def test_dev_init_scores_z0_first():
+    frozen, proj, data = toy_problem()
+    s = make_search()
+    state = s.init(jax.random.PRNGKey(0))
+    state, m = s.dev_init(frozen, proj, data, state)
+    assert float(state.best_dev_perf) == float(m["dev_perf"])
+    assert int(state.best_dev_generation) == 0 and not np.any(np.asarray(state.best_dev_z_K))
+
+
+def test_sep_cma_and_bound():
+    frozen, proj, data = toy_problem()
+    s = make_search(strategy="sep_cma_es", bound=0.1)
+    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.1 + 1e-7
+    assert len(hist) == 13
