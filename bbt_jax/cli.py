@@ -108,6 +108,9 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bbt_jax.xla_flags import apply_cpu_defaults
+
+    apply_cpu_defaults()  # before JAX starts its backend; the user's XLA_FLAGS win
     warnings.showwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
     try:

@@ -54,8 +54,11 @@ class SearchState:
 class Search:
     """Builds the jitted interval function once; holds only static settings."""
 
-    def __init__(self, score_fn: ScoreFn, *, metric: str, config: SearchConfig, intrinsic_dim: int):
+    def __init__(self, score_fn: ScoreFn, *, metric: str, config: SearchConfig, intrinsic_dim: int,
+                 mesh: jax.sharding.Mesh | None = None):
+        """`mesh`: shard the population axis over its first axis (multi-device); None: one device."""
         self.score_fn = score_fn
+        self.mesh = mesh
         self.metric = metric
         self.config = config
         self.intrinsic_dim = intrinsic_dim
@@ -80,6 +83,9 @@ class Search:
         z0_K = jnp.zeros(self.intrinsic_dim, jnp.float32)
         with _evosax_promotion():
             es_state = self.es.init(k_init, z0_K, es_params)
+        # evosax leaves some fields weakly typed; fix them so the first interval's output
+        # state has the same types as its input (no second compilation).
+        es_state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), es_state)
         return SearchState(
             es_state=es_state, key=key, generation=jnp.asarray(0, jnp.int32),
             best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_z_K=z0_K,
@@ -95,6 +101,7 @@ class Search:
             z_PxK, es_state = self.es.ask(k_ask, state.es_state, es_params)
         if self.config.bound > 0:
             z_PxK = jnp.clip(z_PxK, -self.config.bound, self.config.bound)
+        z_PxK = self.shard_population(z_PxK)
         loss_P, metrics_P = population_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj,
                                                z_PxK, train, chunk=self.config.pop_chunk)
         finite_P = jnp.isfinite(loss_P)
@@ -113,6 +120,13 @@ class Search:
         metrics = {"best_loss": safe_P[i], "mean_loss": jnp.sum(jnp.where(finite_P, loss_P, 0.0)) / n_finite,
                    "best_perf": metrics_P["perf"][i], "nonfinite": jnp.sum(~finite_P)}
         return state, metrics
+
+    def shard_population(self, z_PxK):
+        """Spread the members over the mesh's first axis; the frozen model stays replicated."""
+        if self.mesh is None:
+            return z_PxK
+        spec = jax.sharding.PartitionSpec(self.mesh.axis_names[0], None)
+        return jax.lax.with_sharding_constraint(z_PxK, jax.sharding.NamedSharding(self.mesh, spec))
 
     def _skip(self, state: SearchState):
         zero = jnp.asarray(0.0, jnp.float32)
