@@ -1,0 +1,282 @@
+"""RoBERTa masked LM (transformers RobertaForMaskedLM, eval mode) as pure functions.
+
+The forward is split into named steps: `embed` (word + position + type, LayerNorm),
+`splice_prompt` (BBT's "add" / "cat"), `encode` (post-LN layers in one lax.scan,
+with an optional per-layer additive prompt for BBTv2), and `head_at` (the LM head
+at the answer position over the verbalizer rows only).
+
+Prompt semantics follow Black-Box-Tuning models/modeling_roberta.py: "add" adds the
+prompt to the embedding OUTPUT (after LayerNorm) at N placeholder-token slots; "cat"
+inserts prompt vectors that carry no position embedding, the text keeping its
+positions (we put them right after <s>; bbt.py concatenates them before <s>).
+
+Shape letters: B batch, L length, D hidden, H heads, E head dim, I intermediate,
+N prompt tokens, V vocab, C classes, Y layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bbt_jax.errors import UserError
+from bbt_jax.models import hf
+from bbt_jax.types import TokenBatch
+
+_ALLOWED = frozenset({
+    "architectures", "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "max_position_embeddings", "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id",
+    "bos_token_id", "eos_token_id", "position_embedding_type", "use_cache", "classifier_dropout",
+    "torch_dtype", "dtype", "transformers_version", "is_decoder", "add_cross_attention",
+    "chunk_size_feed_forward", "tie_word_embeddings", "output_past", "gradient_checkpointing",
+    "return_dict", "output_hidden_states", "output_attentions", "id2label", "label2id", "problem_type",
+    "_name_or_path", "tokenizer_class", "is_encoder_decoder", "sep_token_id", "cls_token_id",
+})
+_EXPECTED = {"model_type": "roberta", "hidden_act": "gelu", "position_embedding_type": "absolute",
+             "is_decoder": False, "add_cross_attention": False, "chunk_size_feed_forward": 0,
+             "tie_word_embeddings": True}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RobertaConfig:
+    """Shapes of a RoBERTa encoder (HF field names)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"hidden_size {self.hidden_size} not divisible by num_attention_heads "
+                            f"{self.num_attention_heads}")
+
+    @classmethod
+    def from_hf_dict(cls, d: dict, source: str = "config.json") -> RobertaConfig:
+        hf.check_config_keys(d, _ALLOWED, _EXPECTED, source)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+_PRESETS = {
+    "roberta-base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072),
+    "roberta-large": dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                          intermediate_size=4096),
+    "tiny": dict(vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64),
+}
+
+
+def preset(name: str) -> RobertaConfig:
+    if name not in _PRESETS:
+        raise UserError(f"--model {name}: unknown RoBERTa preset (choose from {', '.join(_PRESETS)})")
+    return RobertaConfig(**_PRESETS[name])
+
+
+def init_params(config: RobertaConfig, key: jax.Array, dtype=jnp.float32) -> dict:
+    """Random weights (normal std 0.02, LayerNorm 1/0), layers stacked on a leading axis."""
+    D, I, Y = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    ks = iter(jax.random.split(key, 16))
+
+    def n(shape):
+        return (0.02 * jax.random.normal(next(ks), shape, jnp.float32)).astype(dtype)
+
+    def ln(*lead):
+        return {"scale": jnp.ones((*lead, D), dtype), "bias": jnp.zeros((*lead, D), dtype)}
+
+    def dense(i, o):
+        return {"kernel": n((Y, i, o)), "bias": jnp.zeros((Y, o), dtype)}
+
+    return {
+        "embeddings": {"word": n((config.vocab_size, D)), "position": n((config.max_position_embeddings, D)),
+                       "token_type": n((config.type_vocab_size, D)), "ln": ln()},
+        "layers": {"q": dense(D, D), "k": dense(D, D), "v": dense(D, D), "o": dense(D, D), "attn_ln": ln(Y),
+                   "ffn_in": dense(D, I), "ffn_out": dense(I, D), "ffn_ln": ln(Y)},
+        "lm_head": {"dense": {"kernel": n((D, D)), "bias": jnp.zeros((D,), dtype)}, "ln": ln(),
+                    "bias": jnp.zeros((config.vocab_size,), dtype)},
+    }
+
+
+def word_embeddings(params) -> jax.Array:
+    return params["embeddings"]["word"]
+
+
+# ----------------------------------------------------------------------------- forward
+def _row(v, x):
+    """A trailing-axis vector shaped to broadcast against x (explicit rank promotion)."""
+    return v.reshape((1,) * (x.ndim - 1) + v.shape[-1:])
+
+
+def _layer_norm(x, p, eps):
+    x32 = x.astype(jnp.float32)
+    mu = jnp.mean(x32, -1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mu), -1, keepdims=True)
+    y = (x32 - mu) * jax.lax.rsqrt(var + eps)
+    return (y * _row(p["scale"], y).astype(jnp.float32) + _row(p["bias"], y).astype(jnp.float32)).astype(x.dtype)
+
+
+def _dense(x, p):
+    return x @ p["kernel"] + _row(p["bias"], x)
+
+
+def slot_mask(prompt_start_B, n: int, length: int) -> jax.Array:
+    """bool BxL: True at the N prompt slots of every row."""
+    pos_L = jnp.arange(length)[None, :]
+    start_B1 = prompt_start_B[:, None]
+    return (pos_L >= start_B1) & (pos_L < start_B1 + n)
+
+
+def embed(config: RobertaConfig, params, input_ids_BxL, attention_mask_BxL, skip_BxL=None):
+    """Embedding output (after LayerNorm). Position ids as HF: padding_idx + running count
+    of real tokens; tokens in `skip_BxL` (cat slots) are not counted."""
+    real_BxL = attention_mask_BxL.astype(jnp.int32) * (input_ids_BxL != config.pad_token_id)
+    counted_BxL = real_BxL if skip_BxL is None else real_BxL * (~skip_BxL)
+    pos_BxL = jnp.cumsum(counted_BxL, axis=1) * counted_BxL + config.pad_token_id
+    e = params["embeddings"]
+    h = e["word"][input_ids_BxL] + e["position"][pos_BxL] + e["token_type"][0][None, None, :]
+    return _layer_norm(h, e["ln"], config.layer_norm_eps)
+
+
+def _scatter_prompt(prompt_NxD, prompt_start_B, length: int):
+    """BxLxD tensor holding the prompt at each row's slots, zeros elsewhere."""
+    n = prompt_NxD.shape[0]
+    idx_BxL = jnp.arange(length)[None, :] - prompt_start_B[:, None]
+    inside_BxL = (idx_BxL >= 0) & (idx_BxL < n)
+    gathered = prompt_NxD[jnp.clip(idx_BxL, 0, n - 1)]
+    return jnp.where(inside_BxL[..., None], gathered, jnp.zeros_like(gathered)), inside_BxL
+
+
+def splice_prompt(h_BxLxD, prompt_NxD, prompt_start_B, placement: str):
+    """"add": h + p at the slots; "cat": the slots become p."""
+    full_BxLxD, inside_BxL = _scatter_prompt(prompt_NxD.astype(h_BxLxD.dtype), prompt_start_B, h_BxLxD.shape[1])
+    if placement == "add":
+        return h_BxLxD + full_BxLxD
+    if placement == "cat":
+        return jnp.where(inside_BxL[..., None], full_BxLxD, h_BxLxD)
+    raise ValueError(f"unknown placement {placement!r}")
+
+
+def _attention(config, p, h_BxLxD, bias_Bx1x1xL):
+    B, L, D = h_BxLxD.shape
+    H = config.num_attention_heads
+    E = D // H
+
+    def heads(x):
+        return x.reshape(B, L, H, E)
+
+    q, k, v = heads(_dense(h_BxLxD, p["q"])), heads(_dense(h_BxLxD, p["k"])), heads(_dense(h_BxLxD, p["v"]))
+    s_BxHxLxL = jnp.einsum("bqhe,bkhe->bhqk", q, k).astype(jnp.float32) / np.float32(np.sqrt(E)) + bias_Bx1x1xL
+    a = jax.nn.softmax(s_BxHxLxL, -1).astype(h_BxLxD.dtype)
+    return _dense(jnp.einsum("bhqk,bkhe->bqhe", a, v).reshape(B, L, D), p["o"])
+
+
+def encode(config: RobertaConfig, params, h_BxLxD, attention_mask_BxL, layer_prompt_YxBxLxD=None):
+    """Post-LN transformer layers as one lax.scan; optional additive prompt before each layer."""
+    eps = config.layer_norm_eps
+    bias = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+    def layer(h, xs):
+        p, extra = xs
+        if extra is not None:
+            h = h + extra
+        h = _layer_norm(h + _attention(config, p, h, bias), p["attn_ln"], eps)
+        ffn = _dense(jax.nn.gelu(_dense(h, p["ffn_in"]), approximate=False), p["ffn_out"])
+        return _layer_norm(h + ffn, p["ffn_ln"], eps), None
+
+    h, _ = jax.lax.scan(layer, h_BxLxD, (params["layers"], layer_prompt_YxBxLxD))
+    return h
+
+
+def _transform(config, params, h_BxD):
+    p = params["lm_head"]
+    return _layer_norm(jax.nn.gelu(_dense(h_BxD, p["dense"]), approximate=False), p["ln"], config.layer_norm_eps)
+
+
+def head_at(config, params, h_BxLxD, answer_pos_B, rows_C=None):
+    """LM head at the answer position only; over `rows_C` vocab rows (None: all)."""
+    h_BxD = jnp.take_along_axis(h_BxLxD, answer_pos_B[:, None, None], axis=1)[:, 0]
+    t_BxD = _transform(config, params, h_BxD)
+    word, bias = params["embeddings"]["word"], params["lm_head"]["bias"]
+    if rows_C is not None:
+        word, bias = word[rows_C], bias[rows_C]
+    return (t_BxD @ word.T + bias[None, :]).astype(jnp.float32)
+
+
+def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, placement="add"):
+    n, L = prompt_NxD.shape[0], batch.input_ids_BxL.shape[1]
+    slots_BxL = slot_mask(batch.prompt_start_B, n, L)
+    h = embed(config, params, batch.input_ids_BxL, batch.attention_mask_BxL,
+              slots_BxL if placement == "cat" else None)
+    h = splice_prompt(h, prompt_NxD, batch.prompt_start_B, placement)
+    extra = None
+    if layer_prompt_YxNxD is not None:
+        extra = jax.vmap(lambda p: _scatter_prompt(p.astype(h.dtype), batch.prompt_start_B, L)[0])(layer_prompt_YxNxD)
+    return encode(config, params, h, batch.attention_mask_BxL, extra)
+
+
+def label_logits(config, params, batch: TokenBatch, verbalizer_C, prompt_NxD, layer_prompt_YxNxD=None, *,
+                 placement: str = "add") -> jax.Array:
+    """Verbalizer logits (BxC, float32) at each row's <mask>."""
+    h = hidden_states(config, params, batch, prompt_NxD, layer_prompt_YxNxD, placement=placement)
+    return head_at(config, params, h, batch.answer_pos_B, verbalizer_C)
+
+
+def full_logits_at(config, params, batch: TokenBatch, prompt_NxD, *, placement: str = "add") -> jax.Array:
+    """Full-vocab logits (BxV) at the answer position (the original bbt.py's head)."""
+    h = hidden_states(config, params, batch, prompt_NxD, placement=placement)
+    return head_at(config, params, h, batch.answer_pos_B)
+
+
+# ----------------------------------------------------------------------------- HF conversion
+def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple[RobertaConfig, dict]:
+    """Convert a transformers RobertaForMaskedLM state dict (numpy) to our params."""
+    config = RobertaConfig.from_hf_dict(config_dict, source)
+    state = {k.removeprefix("roberta."): v for k, v in state.items()}
+
+    def get(name):
+        if name not in state:
+            raise UserError(f"{source}: missing weight {name!r}")
+        return jnp.asarray(np.asarray(state[name], np.float32))
+
+    def lin(prefix, stack=True):
+        if stack:
+            return {"kernel": jnp.stack([get(prefix.format(i) + ".weight").T for i in range(config.num_hidden_layers)]),
+                    "bias": jnp.stack([get(prefix.format(i) + ".bias") for i in range(config.num_hidden_layers)])}
+        return {"kernel": get(prefix + ".weight").T, "bias": get(prefix + ".bias")}
+
+    def ln(prefix, stack=True):
+        if stack:
+            return {"scale": jnp.stack([get(prefix.format(i) + ".weight") for i in range(config.num_hidden_layers)]),
+                    "bias": jnp.stack([get(prefix.format(i) + ".bias") for i in range(config.num_hidden_layers)])}
+        return {"scale": get(prefix + ".weight"), "bias": get(prefix + ".bias")}
+
+    L = "encoder.layer.{}."
+    params = {
+        "embeddings": {"word": get("embeddings.word_embeddings.weight"),
+                       "position": get("embeddings.position_embeddings.weight"),
+                       "token_type": get("embeddings.token_type_embeddings.weight"),
+                       "ln": ln("embeddings.LayerNorm", stack=False)},
+        "layers": {"q": lin(L + "attention.self.query"), "k": lin(L + "attention.self.key"),
+                   "v": lin(L + "attention.self.value"), "o": lin(L + "attention.output.dense"),
+                   "attn_ln": ln(L + "attention.output.LayerNorm"), "ffn_in": lin(L + "intermediate.dense"),
+                   "ffn_out": lin(L + "output.dense"), "ffn_ln": ln(L + "output.LayerNorm")},
+        "lm_head": {"dense": lin("lm_head.dense", stack=False), "ln": ln("lm_head.layer_norm", stack=False),
+                    "bias": get("lm_head.bias")},
+    }
+    return config, params
+
+
+def load(path_or_id: str) -> tuple[RobertaConfig, dict]:
+    """A local checkpoint directory or a hub id (downloaded when online)."""
+    ckpt = hf.resolve_checkpoint_dir(path_or_id)
+    return from_hf(hf.read_config(ckpt), hf.read_state_dict(ckpt), str(ckpt / "config.json"))
