@@ -1,0 +1,108 @@
+"""Parity of the Flax Llama with transformers' LlamaForCausalLM (tiny random, fp32),
+and the shared input cache against the uncached forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig as HFConfig
+from transformers import LlamaForCausalLM
+
+from bbt_jax.errors import UserError
+from bbt_jax.models import llama
+from bbt_jax.types import TokenBatch
+
+N, CUE, D = 3, 2, 48
+VERB = np.array([5, 17, 99], np.int32)
+TOL = 1e-4
+
+
+def _tmodel(tied):
+    torch.manual_seed(0)
+    cfg = HFConfig(vocab_size=120, hidden_size=D, intermediate_size=64, num_hidden_layers=2, num_attention_heads=6,
+                   num_key_value_heads=2, rope_theta=500.0, tie_word_embeddings=tied, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["tied", "untied"])
+def models(request):
+    t = _tmodel(request.param)
+    return t, llama.from_hf(t.config.to_dict(), {k: v.numpy() for k, v in t.state_dict().items()}, "test")
+
+
+def _batch():
+    """Rows: input (varying length) + N slots + CUE cue tokens, right-padded."""
+    rng = np.random.default_rng(0)
+    in_lens, L = [7, 3, 5], 14
+    ids = np.zeros((3, L), np.int64)
+    mask = np.zeros((3, L), np.int64)
+    for i, n in enumerate(in_lens):
+        row = list(rng.integers(3, 119, n)) + [100] * N + [7, 8]
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    starts = np.array(in_lens)
+    answer = starts + N + CUE - 1
+    return ids, mask, TokenBatch(jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), jnp.asarray(starts, jnp.int32),
+                                 jnp.asarray(answer, jnp.int32), jnp.zeros(3, jnp.int32), jnp.ones(3, jnp.float32))
+
+
+def _torch_ref(t, ids, mask, batch, prompt, layer_prompt=None):
+    emb = t.model.embed_tokens(torch.as_tensor(ids)).detach().clone()
+    starts = np.asarray(batch.prompt_start_B)
+    for b, s in enumerate(starts):
+        emb[b, s:s + N] = torch.as_tensor(prompt)
+    hooks = []
+    if layer_prompt is not None:
+        for li, layer in enumerate(t.model.layers):
+            def pre(m, args, kwargs, li=li):
+                h = (args[0] if args else kwargs["hidden_states"]).clone()
+                for b, s in enumerate(starts):
+                    h[b, s:s + N] += torch.as_tensor(layer_prompt[li])
+                return ((h,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": h})
+            hooks.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            logits = t(inputs_embeds=emb, attention_mask=torch.as_tensor(mask)).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    return logits[torch.arange(3), torch.as_tensor(np.asarray(batch.answer_pos_B))][:, VERB].numpy()
+
+
+def test_parity_with_prompt_and_padding(models):
+    t, (cfg, params) = models
+    ids, mask, batch = _batch()
+    prompt = np.random.default_rng(1).normal(size=(N, D)).astype(np.float32)
+    ref = _torch_ref(t, ids, mask, batch, prompt)
+    got = np.asarray(llama.label_logits(cfg, params, batch, jnp.asarray(VERB), jnp.asarray(prompt)))
+    assert np.abs(got - ref).max() <= TOL
+
+
+def test_parity_with_layer_prompt(models):
+    t, (cfg, params) = models
+    ids, mask, batch = _batch()
+    rng = np.random.default_rng(2)
+    prompt, lp = rng.normal(size=(N, D)).astype(np.float32), rng.normal(size=(2, N, D)).astype(np.float32)
+    ref = _torch_ref(t, ids, mask, batch, prompt, lp)
+    got = np.asarray(llama.label_logits(cfg, params, batch, jnp.asarray(VERB), jnp.asarray(prompt), jnp.asarray(lp)))
+    assert np.abs(got - ref).max() <= TOL
+
+
+def test_cached_equals_uncached_under_vmap(models):
+    _, (cfg, params) = models
+    _, _, batch = _batch()
+    inputs, suffix = llama.split_for_cache(batch, N + CUE)
+    cache = llama.encode_inputs(cfg, params, inputs.input_ids_BxL, inputs.attention_mask_BxL)
+    prompts = jax.random.normal(jax.random.PRNGKey(0), (4, N, D))
+    cached = jax.vmap(lambda p: llama.label_logits_cached(cfg, params, cache, suffix, jnp.asarray(VERB), p))(prompts)
+    for i in range(4):
+        full = llama.label_logits(cfg, params, batch, jnp.asarray(VERB), prompts[i])
+        assert np.abs(np.asarray(cached[i]) - np.asarray(full)).max() <= TOL
+    assert np.ptp(np.asarray(cached[:, 0, 0])) > 10 * TOL  # prompts matter
+
+
+def test_config_allow_list():
+    with pytest.raises(UserError, match="rope_scaling"):
+        llama.LlamaConfig.from_hf_dict({"model_type": "llama", "rope_scaling": {"type": "linear"}}, "x")
+    with pytest.raises(UserError, match="unsupported config key 'sliding_window'"):
+        llama.LlamaConfig.from_hf_dict({"model_type": "llama", "sliding_window": 4}, "x")
