@@ -43,14 +43,36 @@ class Backbone:
     family: str  # "roberta" | "llama"
     config: Any  # the family's frozen config dataclass
     placement: str  # "add" | "cat" (roberta) ; "replace" (llama)
+    suffix_len: int = 0  # > 0: decoder with the shared input cache; N + cue tokens run per member
+
+    def prepare(self, frozen, buckets) -> tuple:
+        """Candidate-independent work, done once per batch: the decoder's input K/V cache."""
+        if not self.suffix_len:
+            return tuple(buckets)
+        from bbt_jax.models import llama
+
+        out = []
+        for b in buckets:
+            inputs, suffix = llama.split_for_cache(b, self.suffix_len)
+            cache = llama.encode_inputs(self.config, frozen["params"], inputs.input_ids_BxL, inputs.attention_mask_BxL)
+            out.append((cache, suffix))
+        return tuple(out)
 
     def score(self, frozen, inputs, prompt_NxD) -> jax.Array:
-        """Verbalizer logits of ONE candidate over every bucket of `inputs`, concatenated."""
+        """Verbalizer logits of ONE candidate over every bucket of prepared `inputs`, concatenated."""
         mod = _family_module(self.family)
         prompt_NxD = prompt_NxD.astype(mod.word_embeddings(frozen["params"]).dtype)
-        logits = [mod.label_logits(self.config, frozen["params"], b, frozen["verbalizer"], prompt_NxD,
-                                   placement=self.placement) for b in inputs]
+        if self.suffix_len:
+            logits = [mod.label_logits_cached(self.config, frozen["params"], cache, suffix, frozen["verbalizer"],
+                                              prompt_NxD) for cache, suffix in inputs]
+        else:
+            logits = [mod.label_logits(self.config, frozen["params"], b, frozen["verbalizer"], prompt_NxD,
+                                       placement=self.placement) for b in inputs]
         return jnp.concatenate(logits, axis=0).astype(jnp.float32)
+
+    def score_batches(self, frozen, buckets, prompt_NxD) -> jax.Array:
+        """Score raw buckets (prepare + score), for one-off dev/test passes."""
+        return self.score(frozen, self.prepare(frozen, buckets), prompt_NxD)
 
     def word_embeddings(self, params) -> jax.Array:
         return _family_module(self.family).word_embeddings(params)
@@ -128,8 +150,11 @@ def load_model(cfg: ModelConfig, *, default_tokenizer: str | Path | None = None)
     raise UserError(f"{ckpt / 'config.json'}: unsupported model_type {model_type!r} (supported: roberta, llama)")
 
 
-def backbone_for(model: LoadedModel, placement: str) -> Backbone:
-    return Backbone(model.family, model.config, placement if model.family == "roberta" else "replace")
+def backbone_for(model: LoadedModel, placement: str, suffix_len: int = 0) -> Backbone:
+    """`suffix_len` > 0 (decoders, "suffix"/"cue" placement) turns on the shared input cache."""
+    if model.family == "roberta":
+        return Backbone("roberta", model.config, placement)
+    return Backbone("llama", model.config, "replace", suffix_len if placement in ("suffix", "cue") else 0)
 
 
 def token_embeddings(model: LoadedModel, ids) -> np.ndarray:

@@ -71,9 +71,9 @@ def make_population_eval(score_fn: ScoreFn, loss: str, metric: str, *, chunk: in
 
 
 def make_logits_fn(score_fn: ScoreFn):
-    """jit(frozen, proj, z_K, inputs) -> logits_BxC for one candidate (dev/test scoring)."""
+    """jit(frozen, proj, z_PxK, inputs) -> logits_PxBxC for a few candidates (dev/test scoring)."""
 
-    def fn(frozen, proj, z_K, inputs):
-        return score_fn(frozen, inputs, prompt_from_z(proj, z_K))
+    def fn(frozen, proj, z_PxK, inputs):
+        return jax.vmap(lambda z_K: score_fn(frozen, inputs, prompt_from_z(proj, z_K)))(z_PxK)
 
     return jax.jit(fn)

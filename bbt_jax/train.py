@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bbt_jax import artifact as artifact_lib
+from bbt_jax import checkpoint as checkpoint_lib
 from bbt_jax import data as data_lib
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.backbone import Backbone, LoadedModel, backbone_for, load_model, make_frozen, token_embeddings
@@ -71,8 +73,7 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     vocab = model.vocab
     template = tasks_lib.template_for(task, vocab, cfg.prompt.placement)
     verbalizer_C = tasks_lib.verbalizer_ids(task, vocab, leading_space=cfg.prompt.verbalizer_space)
-    backbone = backbone_for(model, cfg.prompt.placement)
-    word_VxD = backbone.word_embeddings(model.params)
+    word_VxD = np.asarray(backbone_for(model, cfg.prompt.placement).word_embeddings(model.params))
 
     if model.family == "llama" and cfg.prompt.placement == "cue":
         cue_ids = vocab.encode(task.decoder_cue)
@@ -81,6 +82,10 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     else:
         n_prompt = cfg.prompt.n_prompt_tokens
         p0_NxD = np.zeros((n_prompt, word_VxD.shape[1]), np.float32)
+    suffix_len = n_prompt
+    if model.family == "llama" and cfg.prompt.placement == "suffix":
+        suffix_len += len(vocab.encode(task.decoder_cue))
+    backbone = backbone_for(model, cfg.prompt.placement, suffix_len)
 
     enc = {k: encoded_split(task, vocab, template, n_prompt, cfg.prompt.max_length, v) for k, v in splits.items()}
     train_buckets = tasks_lib.make_buckets(enc["train"], vocab.pad_id, num_buckets=cfg.prompt.num_buckets)
@@ -99,24 +104,34 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     proj = make_projection(k_proj, intrinsic_dim=cfg.prompt.intrinsic_dim, p0_NxD=p0_NxD,
                            embed_std=embedding_std(word_VxD), alpha=cfg.prompt.alpha, sigma=proj_sigma,
                            kind=cfg.prompt.random_proj)
-    train = make_eval_data(tuple(train_buckets), *_concat_targets(train_buckets))
-    dev = make_eval_data(tuple(dev_buckets), *_concat_targets(dev_buckets))
+    prepare = jax.jit(backbone.prepare)  # e.g. the decoder's input cache: once per run, not per candidate
+    train = make_eval_data(prepare(frozen, tuple(train_buckets)), *_concat_targets(train_buckets))
+    dev = make_eval_data(prepare(frozen, tuple(dev_buckets)), *_concat_targets(dev_buckets))
     search = Search(backbone.score, metric=task.metric, config=cfg.search, intrinsic_dim=cfg.prompt.intrinsic_dim)
     return Experiment(cfg, task, model, backbone, template, n_prompt, verbalizer_C, frozen, proj, train, dev,
-                      test_batches, search, k_search, make_logits_fn(backbone.score))
+                      test_batches, search, k_search, make_logits_fn(backbone.score_batches))
+
+
+def score_split_many(exp: Experiment, z_PxK, batches) -> list[dict]:
+    """Metrics of P candidates in one pass over fixed-shape batches (the decoder's input
+    cache is computed once per batch and shared by the P candidates; one host pull)."""
+    z_PxK = jnp.asarray(z_PxK, jnp.float32)
+    logits = [exp.logits_fn(exp.frozen, exp.proj, z_PxK, (b,)) for b in batches]
+    logits_PxBxC = np.concatenate(jax.device_get(logits), axis=1)
+    labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
+    weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])
+    outs = []
+    for logits_BxC in logits_PxBxC:
+        out = {"acc": float(accuracy(logits_BxC, labels_B, weight_B)), "rows": int(weight_B.sum())}
+        if exp.task.metric == "f1":
+            out["f1"] = float(f1_binary(logits_BxC, labels_B, weight_B))
+        outs.append(out)
+    return outs
 
 
 def score_split(exp: Experiment, z_K, batches) -> dict:
-    """Metrics of one candidate on a list of fixed-shape batches (one host pull at the end)."""
-    z_K = jnp.asarray(z_K, jnp.float32)
-    logits = [exp.logits_fn(exp.frozen, exp.proj, z_K, (b,)) for b in batches]
-    logits_BxC = np.concatenate(jax.device_get(logits))
-    labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
-    weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])
-    out = {"acc": float(accuracy(logits_BxC, labels_B, weight_B)), "rows": int(weight_B.sum())}
-    if exp.task.metric == "f1":
-        out["f1"] = float(f1_binary(logits_BxC, labels_B, weight_B))
-    return out
+    """Metrics of one candidate on a list of fixed-shape batches."""
+    return score_split_many(exp, jnp.asarray(z_K, jnp.float32)[None], batches)[0]
 
 
 def format_progress(record: dict, budget: int, metric: str, rate: float) -> str:
@@ -125,9 +140,25 @@ def format_progress(record: dict, budget: int, metric: str, rate: float) -> str:
 
 
 def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Callable = print,
-          zero_shot: bool = False) -> dict:
-    """Run BBT end to end; returns the results dict (see README)."""
+          zero_shot: bool = False, out: str | Path | None = None) -> dict:
+    """Run BBT end to end; returns the results dict (see README).
+
+    With `out`, the search state is checkpointed in out/checkpoints (see checkpoint.py)
+    and resumed from there, the config goes to out/config.json and the tuned prompt to
+    out/prompt.safetensors + out/prompt.json (see artifact.py).
+    """
+    ckpt = checkpoint_lib.Checkpointer(Path(out) / checkpoint_lib.CHECKPOINT_DIR, warn=log) if out else None
+    try:
+        return _train(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, zero_shot=zero_shot, out=out)
+    finally:
+        if ckpt is not None:
+            ckpt.close()  # also on errors: orbax's threads must stop before the interpreter does
+
+
+def _train(cfg: Config, ckpt: checkpoint_lib.Checkpointer | None, *, default_tokenizer, log, zero_shot, out):
     t0 = time.perf_counter()
+    if ckpt is not None:
+        ckpt.restore(cfg)  # settings checked against the checkpoint before the model is loaded
     exp = build(cfg, default_tokenizer=default_tokenizer, log=log)
     t_built = time.perf_counter()
     log(f"task {exp.task.name} | model {exp.model.source} | N={exp.n_prompt} d={cfg.prompt.intrinsic_dim} "
@@ -136,15 +167,21 @@ def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Call
     results: dict = {"config": to_dict(cfg), "task": exp.task.name, "model": exp.model.source,
                      "template": exp.template, "n_prompt_tokens": exp.n_prompt,
                      "verbalizer": {"ids": exp.verbalizer_C.tolist()}}
-    if zero_shot:
-        results["zero_shot_test"] = score_split(exp, np.zeros(cfg.prompt.intrinsic_dim), exp.test_batches)
-        log(f"zero-shot (z = 0) test: {results['zero_shot_test']}")
 
-    state = exp.search.init(exp.key)
-    if cfg.search.dev_init:
+    state, history = exp.search.init(exp.key), []
+    resumed = ckpt.restore(cfg, jax.eval_shape(exp.search.init, exp.key)) if ckpt is not None else None
+    if resumed is not None:
+        state, history = resumed.state, resumed.history
+        done = "; the search is complete" if resumed.generation >= exp.search.total_generations else ""
+        log(f"resuming from {ckpt.directory / str(resumed.generation)} (generation {resumed.generation}, "
+            f"{resumed.generation * cfg.search.popsize} calls){done}")
+    elif cfg.search.dev_init:
         state, _ = exp.search.dev_init(exp.frozen, exp.proj, exp.dev, state)
+    if out:
+        checkpoint_lib.save_config(Path(out), cfg)
     t_search = time.perf_counter()
-    marks = {"last": t_search, "calls": 0, "first": None}
+    marks = {"last": t_search, "calls": len(history) * cfg.search.popsize, "first": None,
+             "generation": len(history)}
 
     def on_interval(state, history, record):
         now = time.perf_counter()
@@ -153,22 +190,41 @@ def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Call
         rate = (record["calls"] - marks["calls"]) / max(now - marks["last"], 1e-9)
         marks.update(last=now, calls=record["calls"])
         log(format_progress(record, cfg.search.budget, exp.task.metric, rate))
+        if ckpt is not None and checkpoint_lib.due(cfg.run.checkpoint_every, marks["generation"], len(history)):
+            ckpt.save(state, history, cfg)
+        marks["generation"] = len(history)
 
-    state, history = exp.search.run(exp.frozen, exp.proj, exp.train, exp.dev, state, on_interval=on_interval)
+    state, history = exp.search.run(exp.frozen, exp.proj, exp.train, exp.dev, state, history=history,
+                                    on_interval=on_interval)
+    if ckpt is not None:
+        ckpt.save(state, history, cfg)  # the final state (no-op if just saved)
     t_done = time.perf_counter()
     best = jax.device_get({"z": state.best_dev_z_K, "perf": state.best_dev_perf,
                            "gen": state.best_dev_generation, "nonfinite": state.nonfinite})
     if int(best["nonfinite"]):
         log(f"warning: {int(best['nonfinite'])} candidate losses were NaN/inf; they were ranked last")
-    test = score_split(exp, best["z"], exp.test_batches)
+    if int(best["gen"]) < 0:  # nothing finite was ever scored on dev: the prompt stays z = 0
+        log("warning: no candidate had a finite dev loss; the selected prompt is z = 0")
+    if zero_shot:  # z = 0 (the hand-written / initial prompt) scored in the same test pass
+        test, results["zero_shot_test"] = score_split_many(
+            exp, np.stack([best["z"], np.zeros_like(best["z"])]), exp.test_batches)
+        log(f"zero-shot (z = 0) test: {results['zero_shot_test']}")
+    else:
+        test = score_split(exp, best["z"], exp.test_batches)
     t_end = time.perf_counter()
     log(f"best dev {exp.task.metric} {float(best['perf']):.4f} (generation {int(best['gen'])}) | test {test}")
     results.update({
         "calls": history[-1]["calls"] if history else 0, "generations": len(history),
-        "dev": {"best_perf": float(best["perf"]), "best_generation": int(best["gen"]), "metric": exp.task.metric},
+        "dev": {"best_perf": float(best["perf"]) if int(best["gen"]) >= 0 else None,  # None: none selected
+                "best_generation": int(best["gen"]), "metric": exp.task.metric},
         "test": test, "nonfinite_losses": int(best["nonfinite"]), "curve": history,
         "best_z": np.asarray(best["z"]).tolist(),
+        "resumed_from_generation": resumed.generation if resumed is not None else None,
         "time": {"wall_s": t_end - t0, "setup_s": t_built - t0, "search_s": t_done - t_search,
                  "first_interval_s": marks["first"], "test_s": t_end - t_done},
     })
+    if out:
+        metrics = {"dev": results["dev"], "test": test, "calls": results["calls"]}
+        paths = artifact_lib.save_prompt(Path(out), exp, best["z"], metrics)
+        results["prompt"] = {k: p.name for k, p in paths.items()}
     return results
