@@ -56,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score z = 0 (the hand-written / initial prompt) on test")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     _add_config_flags(t)
+    e = sub.add_parser("eval", help="score a saved prompt (--out/prompt.json of a train run) on a test split",
+                       description="Rebuild the experiment from the prompt's saved config, with any flag below "
+                       "overriding it (e.g. --task, --model, --test-rows), and score the saved prompt embeddings.")
+    e.add_argument("--prompt", required=True, metavar="PATH",
+                   help="prompt.json, prompt.safetensors, or the train --out folder holding them")
+    _add_config_flags(e)
+    b = sub.add_parser("bench", help="measure throughput side by side (ours vs PyTorch references vs the "
+                       "machine's matmul rate); writes --json", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--quick", action="store_true", help="tiny shapes only (seconds; what the test suite runs)")
+    b.add_argument("--shapes", nargs="+", default=["roberta-base", "roberta-large", "smollm2"],
+                   choices=["roberta-base", "roberta-large", "smollm2"], help="workloads to run")
+    b.add_argument("--ref-candidates", type=int, default=2,
+                   help="candidates timed per PyTorch reference (scaled to the population)")
+    b.add_argument("--json", default="experiments/bench/bench-cpu.json", help="where to write the results")
+    b.add_argument("--pop-child", type=int, default=0, help=argparse.SUPPRESS)  # internal: one population size
+    b.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -97,9 +113,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = check_out_dir(cfg.run.out)
     print("config: " + json.dumps(config_lib.to_dict(cfg)), flush=True)
     results = train(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
-                    log=lambda s: print(s, flush=True), zero_shot=args.zero_shot)
+                    log=lambda s: print(s, flush=True), zero_shot=args.zero_shot, out=out)
     write_json_atomic(out / "results.json", results)
     print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from bbt_jax import artifact
+    from bbt_jax.train import build
+
+    saved = artifact.load_prompt(args.prompt)
+    fields = config_lib.flat_fields()
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    cfg = artifact.config_for(saved, **overrides)
+    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
+        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    exp = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
+    result = artifact.evaluate_prompt(exp, saved, warn=log)
+    reported = result["reported"].get("test")
+    log(f"test {result['test']} (reported by train: {reported})")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bbt_jax import bench
+
+    if args.pop_child:
+        print(json.dumps(bench.pop_scaling_child(args.pop_child, args.chunk, args.quick)))
+        return 0
+    out = bench.run(args)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, out)
+    print(bench.format_table([bench.Row(**r) for r in out["rows"]]))
+    print("population scaling:", json.dumps(out["population"]))
+    print("sweep:", json.dumps(out["sweep"]))
+    print(f"wrote {path}")
     return 0
 
 
@@ -114,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -72,6 +72,8 @@ class SearchConfig:
     eval_every: int = _f(100, "calls between dev evaluations (rounded to whole generations)")
     dev_init: bool = _f(False, "score z = 0 (the initial prompt) on dev first, so the selected prompt is "
                         "never worse on dev than the start")
+    dev_tiebreak_loss: bool = _f(False, "on a dev-metric tie, select the candidate with the lower dev loss "
+                                 "(bbt.py keeps the earlier one)")
     pop_chunk: int = _f(0, "evaluate the population in chunks of this many members inside the one call "
                         "(0: all at once)")
 
@@ -110,7 +112,17 @@ class RunConfig:
     test_rows: int = _f(0, "evaluate on the first this-many test rows (0: all)")
     eval_batch: int = _f(32, "rows per dev/test scoring batch")
     out: str = _f("runs/latest", "output folder (results.json, checkpoints, prompt)")
-    checkpoint_every: int = _f(0, "save the search state every this many dev intervals (0: only at the end)")
+    checkpoint_every: int = _f(0, "save the search state to --out/checkpoints every this many generations, "
+                               "rounded up to the next dev interval (the state is on the host only there); "
+                               "0: only at the end. A rerun with the same --out resumes from the latest one")
+
+    def __post_init__(self):
+        for name in ("k_shot", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
+        for name in ("test_rows", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -140,7 +152,8 @@ def demo() -> Config:
     hand-written prompt; CMA-ES starts at sigma 0.5 with the sigma-1 projection scale."""
     return Config(model=ModelConfig(model="smollm2"),
                   prompt=PromptConfig(placement="cue", intrinsic_dim=500, proj_sigma=1.0, max_length=256),
-                  search=SearchConfig(popsize=20, budget=500, sigma=0.5, eval_every=100, dev_init=True),
+                  search=SearchConfig(popsize=20, budget=400, sigma=0.5, eval_every=100, dev_init=True,
+                                         dev_tiebreak_loss=True),
                   run=RunConfig(seed=13, out="runs/demo"))
 
 

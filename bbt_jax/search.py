@@ -43,6 +43,7 @@ class SearchState:
     key: jax.Array  # PRNG key, split every generation
     generation: jax.Array  # int32, generations done
     best_dev_perf: jax.Array  # float32, -inf before the first dev evaluation
+    best_dev_loss: jax.Array  # float32, dev loss of the best-on-dev candidate
     best_dev_z_K: jax.Array  # float32 K, the best-on-dev candidate
     best_dev_generation: jax.Array  # int32, generation at which it was scored (-1: none)
     best_train_loss: jax.Array  # float32, lowest finite training loss seen
@@ -88,7 +89,8 @@ class Search:
         es_state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), es_state)
         return SearchState(
             es_state=es_state, key=key, generation=jnp.asarray(0, jnp.int32),
-            best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_z_K=z0_K,
+            best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_loss=jnp.asarray(jnp.inf, jnp.float32),
+            best_dev_z_K=z0_K,
             best_dev_generation=jnp.asarray(-1, jnp.int32),
             best_train_loss=jnp.asarray(jnp.inf, jnp.float32),
             window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z_K=z0_K,
@@ -109,7 +111,7 @@ class Search:
         with _evosax_promotion():
             es_state, _ = self.es.tell(k_tell, z_PxK, safe_P, es_state, es_params)
         i = jnp.argmin(safe_P)
-        better = safe_P[i] < state.window_loss
+        better = finite_P[i] & (safe_P[i] < state.window_loss)  # a non-finite loss never enters the window
         n_finite = jnp.maximum(jnp.sum(finite_P), 1)
         state = state.replace(
             es_state=es_state, key=key, generation=state.generation + 1,
@@ -134,11 +136,17 @@ class Search:
                        "nonfinite": jnp.asarray(0, jnp.int32)}
 
     # -- dev selection -----------------------------------------------------
-    def _dev_update(self, frozen, proj, dev: EvalData, state: SearchState, z_K):
+    def _dev_update(self, frozen, proj, dev: EvalData, state: SearchState, z_K, valid=True):
+        """`valid` False (no finite training loss in the interval): score, but never select."""
         loss, metrics = member_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj, z_K, dev)
-        better = metrics["perf"] > state.best_dev_perf  # strict, as bbt.py
+        # strict, as bbt.py; a candidate whose dev loss is NaN/inf is never selected
+        better = metrics["perf"] > state.best_dev_perf
+        if self.config.dev_tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
+            better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
+        better = valid & jnp.isfinite(loss) & better
         state = state.replace(
             best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
+            best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
             best_dev_z_K=jnp.where(better, z_K, state.best_dev_z_K),
             best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
         return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
@@ -156,7 +164,8 @@ class Search:
                                 self._skip, state)
 
         state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
-        state, dev_metrics = self._dev_update(frozen, proj, dev, state, state.window_z_K)
+        state, dev_metrics = self._dev_update(frozen, proj, dev, state, state.window_z_K,
+                                              valid=jnp.isfinite(state.window_loss))
         state = state.replace(window_loss=jnp.asarray(jnp.inf, jnp.float32))
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
