@@ -88,6 +88,18 @@ def check_config_keys(config: dict, allowed: frozenset[str], expected: dict, sou
             raise UserError(f"{source}: unsupported config value {key}={config[key]!r} (supported: {value!r})")
 
 
+def weight_getter(state: dict, prefix: str, source: str):
+    """name -> float32 numpy tensor of a state dict whose keys may carry `prefix`; a missing name is a UserError."""
+    state = {k.removeprefix(prefix): v for k, v in state.items()}
+
+    def get(name: str) -> np.ndarray:
+        if name not in state:
+            raise UserError(f"{source}: missing weight {name!r}")
+        return np.asarray(state[name], np.float32)
+
+    return get
+
+
 def tokenizer_file(ckpt_dir: Path) -> Path | None:
     """The fast-tokenizer file shipped with a checkpoint, if any."""
     f = ckpt_dir / "tokenizer.json"

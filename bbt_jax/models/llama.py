@@ -303,12 +303,7 @@ def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verba
 def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple[LlamaConfig, dict]:
     """Convert a transformers LlamaForCausalLM state dict (numpy)."""
     config = LlamaConfig.from_hf_dict(config_dict, source)
-    state = {k.removeprefix("model."): v for k, v in state.items()}
-
-    def get(name):
-        if name not in state:
-            raise UserError(f"{source}: missing weight {name!r}")
-        return np.asarray(state[name], np.float32)
+    get = hf.weight_getter(state, "model.", source)
 
     Y = config.num_hidden_layers
 

@@ -241,12 +241,10 @@ def full_logits_at(config, params, batch: TokenBatch, prompt_NxD, *, placement: 
 def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple[RobertaConfig, dict]:
     """Convert a transformers RobertaForMaskedLM state dict (numpy) to our params."""
     config = RobertaConfig.from_hf_dict(config_dict, source)
-    state = {k.removeprefix("roberta."): v for k, v in state.items()}
+    read = hf.weight_getter(state, "roberta.", source)
 
     def get(name):
-        if name not in state:
-            raise UserError(f"{source}: missing weight {name!r}")
-        return jnp.asarray(np.asarray(state[name], np.float32))
+        return jnp.asarray(read(name))
 
     def lin(prefix, stack=True):
         if stack:
