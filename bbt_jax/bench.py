@@ -171,63 +171,118 @@ def _torch_reference_seconds(tmodel, batch, prompts, *, head: str, threads: int)
     return float(np.median(ts))
 
 
-def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: float, ref_candidates: int,
-                  threads: int) -> list[Row]:
-    from bbt_jax.evaluate import population_fitness
-    from bbt_jax.models import roberta
-    from bbt_jax.tasks import real_tokens
-    from bbt_jax.train import build
+ROBERTA_VARIANTS = (  # (name, config overrides, head); the first is ours as shipped
+    ("ours (4 buckets, verbalizer head)", {}, "verbalizer"),
+    ("ours, 1 bucket (padded to longest)", {"num_buckets": 1}, "verbalizer"),
+    ("ours, full-vocab head at mask", {}, "mask_vocab"),
+    ("ours, bf16 compute", {"dtype": "bfloat16"}, "verbalizer"),
+)
 
-    config = roberta.preset(shape)
+
+def _roberta_setup(shape: str, *, tokenizer_path, data_dir, quick: bool):
+    config = roberta_preset(shape)
     tmodel = _torch_roberta(config)
     model = _loaded_roberta_from_torch(tmodel, tokenizer_path)
     pop = 20 if not quick else 4
     base = C.override(C.paper(), model=shape, task="sst2", seed=13, data_dir=str(data_dir), popsize=pop,
                       budget=pop * 10, n_prompt_tokens=50 if not quick else 8, intrinsic_dim=500 if not quick else 16)
+    return config, tmodel, model, base, pop
+
+
+def roberta_preset(shape):
+    from bbt_jax.models import roberta
+
+    return roberta.preset(shape)
+
+
+def _time_variant(exp, head: str, repeats: int):
+    """(compile s, steady s/generation) of one fused generation of `exp` with the given head."""
+    score = exp.backbone.score if head == "verbalizer" else _full_vocab_scorer(exp)
+    gen = _generation_fn(exp, score)
+    first, sec, _ = timed(gen, exp.frozen, exp.proj, exp.train, exp.search.es_params(), exp.search.init(exp.key),
+                          repeats=repeats)
+    return first - sec, sec
+
+
+def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: float, ref_candidates: int,
+                  threads: int, variants=ROBERTA_VARIANTS, repeats: int = 1) -> list[Row]:
+    from bbt_jax.evaluate import population_fitness
+    from bbt_jax.tasks import make_buckets, real_tokens
+    from bbt_jax.train import build
+
+    config, tmodel, model, base, pop = _roberta_setup(shape, tokenizer_path=tokenizer_path, data_dir=data_dir,
+                                                     quick=quick)
     rows: list[Row] = []
-    variants = [("ours (4 buckets, verbalizer head)", {"num_buckets": 4}, "verbalizer"),
-                ("ours, 1 bucket (padded to longest)", {"num_buckets": 1}, "verbalizer"),
-                ("ours, full-vocab head at mask", {"num_buckets": 4}, "mask_vocab"),
-                ("ours, bf16 compute", {"num_buckets": 4, "dtype": "bfloat16"}, "verbalizer")]
     losses = {}
-    z_PxK = None
+    exp = None
     for name, over, head in variants:
         exp = build(C.override(base, **over), model=model, log=lambda s: None)
-        if z_PxK is None:
-            z_PxK = jax.random.normal(jax.random.PRNGKey(1), (pop, exp.proj.A_KxND.shape[0]))
-        score = exp.backbone.score if head == "verbalizer" else _full_vocab_scorer(exp)
-        gen = _generation_fn(exp, score)
-        state = exp.search.init(exp.key)
-        compile_s, sec, _ = timed(gen, exp.frozen, exp.proj, exp.train, exp.search.es_params(), state,
-                                  repeats=1 if not quick else 2)
-        loss_fn = jax.jit(lambda fr, pr, z, d, score=score: population_fitness(score, "ce", "acc", fr, pr, z, d)[0])
-        losses[name] = np.asarray(loss_fn(exp.frozen, exp.proj, z_PxK, exp.train))
+        compile_s, sec = _time_variant(exp, head, repeats if not quick else 2)
+        if head == "verbalizer":  # fp32 vs bf16 on the same few candidates
+            z = jax.random.normal(jax.random.PRNGKey(1), (min(pop, 4), exp.proj.A_KxND.shape[0]))
+            loss_fn = jax.jit(lambda fr, pr, z, d, exp=exp: population_fitness(exp.backbone.score, "ce", "acc", fr, pr,
+                                                                              z, d)[0])
+            losses[over.get("dtype", "float32"), over.get("num_buckets", 4)] = np.asarray(
+                loss_fn(exp.frozen, exp.proj, z, exp.train))
         buckets = exp.train.inputs
-        padded = sum(int(np.prod(b.input_ids_BxL.shape)) for b in buckets)
         fl = pop * sum(F.roberta_config_flops(config, b.input_ids_BxL.shape[0], b.input_ids_BxL.shape[1], head=head)
                        for b in buckets)
-        rows.append(Row(name, shape, pop, int(exp.train.weight_B.sum()), real_tokens(buckets) * pop, padded * pop,
-                        sec, fl, compile_s=compile_s))
-    ref_fp32 = losses[variants[0][0]]
-    rows[-1].extra["max_abs_loss_diff_vs_fp32"] = float(np.max(np.abs(losses[variants[-1][0]] - ref_fp32)))
-    rows[-1].note = f"max |loss bf16 - fp32| = {rows[-1].extra['max_abs_loss_diff_vs_fp32']:.2e}"
+        rows.append(Row(name, shape, pop, int(exp.train.weight_B.sum()), real_tokens(buckets) * pop,
+                        sum(int(b.input_ids_BxL.size) for b in buckets) * pop, sec, fl, compile_s=compile_s))
+        if over.get("dtype") == "bfloat16":
+            diff = float(np.max(np.abs(losses["bfloat16", 4] - losses["float32", 4])))
+            rows[-1].extra["max_abs_loss_diff_vs_fp32"] = diff
+            rows[-1].note = f"max |loss bf16 - fp32| = {diff:.2e} over {len(losses['float32', 4])} candidates"
 
     # PyTorch references on the same weights, data and candidates (train rows in one batch).
-    exp = build(C.override(base, num_buckets=1), model=model, log=lambda s: None)
-    batch = exp.train.inputs[0]
-    prompts = [np.asarray((z_PxK[i] @ exp.proj.A_KxND).reshape(exp.proj.p0_NxD.shape)) for i in range(ref_candidates)]
+    batch = make_buckets(exp.train_encoded, model.vocab.pad_id, num_buckets=1)[0]
+    z = jax.random.normal(jax.random.PRNGKey(2), (ref_candidates, exp.proj.A_KxND.shape[0]))
+    prompts = [np.asarray(exp.proj.p0_NxD + (z[i] @ exp.proj.A_KxND).reshape(exp.proj.p0_NxD.shape))
+               for i in range(ref_candidates)]
     longest = int(np.asarray(batch.attention_mask_BxL).sum(1).max())
     nrows = batch.input_ids_BxL.shape[0]
     for name, head in (("bbt reference (torch, 1 candidate/call)", "mask_vocab"), ("stock reference (torch)", "stock")):
         sec = _torch_reference_seconds(tmodel, batch, prompts, head=head, threads=threads) * pop
         fl = pop * F.roberta_config_flops(config, nrows, longest, head=head)
         rows.append(Row(name, shape, pop, nrows, real_tokens([batch]) * pop, nrows * longest * pop, sec, fl,
-                        note=f"{ref_candidates} candidates timed, x{pop}"))
+                        note=f"{ref_candidates} candidates timed (median), x{pop}"))
     bbt_s, stock_s = rows[-2].seconds_per_generation, rows[-1].seconds_per_generation
     for r in rows[:-2]:
         r.vs_bbt_reference = bbt_s / r.seconds_per_generation
         r.vs_stock_reference = stock_s / r.seconds_per_generation
     return [r.finish(matmul) for r in rows]
+
+
+def xla_defaults_child(shape: str, quick: bool) -> dict:
+    """Run in a fresh process started with XLA's own defaults: ours as shipped, seconds per generation."""
+    from bbt_jax.cli import shared_path
+    from bbt_jax.train import build
+
+    _, _, model, base, _ = _roberta_setup(shape, tokenizer_path=shared_path("models/roberta-tokenizer/tokenizer.json"),
+                                          data_dir=shared_path("data"), quick=quick)
+    exp = build(base, model=model, log=lambda s: None)
+    compile_s, sec = _time_variant(exp, "verbalizer", 1 if not quick else 2)
+    return {"seconds_per_generation": sec, "compile_s": compile_s, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "matmul_gflops": matmul_gflops(1024 if quick else 2048)}
+
+
+def bench_xla_defaults(shape: str, quick: bool, ours: Row, matmul: float) -> Row:
+    """Ours as shipped, but in a child process with XLA's CPU defaults (our flags off)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["BBT_JAX_XLA_DEFAULTS"] = "0"
+    r = subprocess.run([sys.executable, "-m", "bbt_jax", "bench", "--xla-child", shape] + (["--quick"] if quick else []),
+                       capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr[-2000:])
+    child = json.loads(r.stdout.strip().splitlines()[-1])
+    row = dataclasses.replace(ours, name="ours, XLA's default CPU flags", seconds_per_generation=child["seconds_per_generation"],
+                              compile_s=child["compile_s"],
+                              extra={"xla_flags": child["xla_flags"], "matmul_gflops": child["matmul_gflops"]},
+                              note="child process without our XLA_FLAGS defaults; util vs this run's matmul rate")
+    if ours.vs_bbt_reference:
+        row.vs_bbt_reference = ours.vs_bbt_reference * ours.seconds_per_generation / row.seconds_per_generation
+        row.vs_stock_reference = ours.vs_stock_reference * ours.seconds_per_generation / row.seconds_per_generation
+    return row.finish(matmul)
 
 
 def _full_vocab_scorer(exp):
@@ -339,31 +394,47 @@ def machine() -> dict:
     return info
 
 
-def run(args) -> dict:
+def run(args, save=lambda out: None) -> dict:
+    """The whole bench; `save(out)` is called after every section (a partial run keeps its results)."""
     from bbt_jax.cli import shared_path
 
     data_dir = shared_path("data")
     tok = shared_path("models/roberta-tokenizer/tokenizer.json")
     threads = int(os.environ.get("BBT_BENCH_TORCH_THREADS", str(os.cpu_count() or 1)))
     out: dict = {"device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": machine(), "quick": args.quick}
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""), "machine": machine(), "quick": args.quick,
+                 "command": "bbt-jax bench " + " ".join(sys.argv[2:]), "complete": False}
     mm = matmul_gflops(1024 if args.quick else 2048)
     out["matmul_gflops"] = mm
     out["matmul_gflops_bf16"] = matmul_gflops(1024 if args.quick else 2048, dtype=jnp.bfloat16)
     print(f"matmul fp32: {mm:.1f} GFLOP/s | bf16: {out['matmul_gflops_bf16']:.1f} GFLOP/s", flush=True)
     rows: list[Row] = []
+
+    def section_done():
+        out["rows"] = [dataclasses.asdict(r) for r in rows]
+        save(out)
+        print(format_table(rows), flush=True)
+
     shapes = ["tiny"] if args.quick else [s for s in ("roberta-base", "roberta-large") if s in args.shapes]
     for shape in shapes:
-        rows += bench_roberta(shape, tokenizer_path=tok, data_dir=data_dir, quick=args.quick, matmul=mm,
-                              ref_candidates=1 if args.quick else args.ref_candidates, threads=threads)
-        print(format_table(rows), flush=True)
+        big = shape == "roberta-large"  # ~3.5x the work of base: ours as shipped only
+        new = bench_roberta(shape, tokenizer_path=tok, data_dir=data_dir, quick=args.quick, matmul=mm,
+                            ref_candidates=1 if args.quick else args.ref_candidates, threads=threads,
+                            variants=ROBERTA_VARIANTS[:1] if big else ROBERTA_VARIANTS)
+        if not big:
+            new.insert(1, bench_xla_defaults(shape, args.quick, new[0], mm))
+        rows += new
+        section_done()
     if not args.quick and "smollm2" in args.shapes:
         from bbt_jax.bench_decoder import bench_smollm2
 
         rows += [r.finish(mm) for r in bench_smollm2(data_dir=data_dir, matmul=mm, threads=threads,
                                                       ref_candidates=args.ref_candidates)]
-        print(format_table(rows), flush=True)
-    out["rows"] = [dataclasses.asdict(r) for r in rows]
+        section_done()
     out["population"] = bench_population(args.quick)
+    save(out)
+    print("population scaling:", json.dumps(out["population"]), flush=True)
     out["sweep"] = bench_sweep(args.quick, data_dir, tok)
+    out["complete"] = True
+    save(out)
     return out

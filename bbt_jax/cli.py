@@ -67,11 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="tiny shapes only (seconds; what the test suite runs)")
     b.add_argument("--shapes", nargs="+", default=["roberta-base", "roberta-large", "smollm2"],
                    choices=["roberta-base", "roberta-large", "smollm2"], help="workloads to run")
-    b.add_argument("--ref-candidates", type=int, default=2,
+    b.add_argument("--ref-candidates", type=int, default=3,
                    help="candidates timed per PyTorch reference (scaled to the population)")
     b.add_argument("--json", default="experiments/bench/bench-cpu.json", help="where to write the results")
     b.add_argument("--pop-child", type=int, default=0, help=argparse.SUPPRESS)  # internal: one population size
     b.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
+    b.add_argument("--xla-child", default="", help=argparse.SUPPRESS)  # internal: ours with XLA's default flags
     return p
 
 
@@ -144,10 +145,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.pop_child:
         print(json.dumps(bench.pop_scaling_child(args.pop_child, args.chunk, args.quick)))
         return 0
-    out = bench.run(args)
+    if args.xla_child:
+        print(json.dumps(bench.xla_defaults_child(args.xla_child, args.quick)))
+        return 0
+    if args.ref_candidates < 1:
+        raise UserError(f"--ref-candidates {args.ref_candidates}: must be >= 1")
     path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--json {path}: cannot create its folder ({e.strerror})") from None
+    out = bench.run(args, save=lambda out: write_json_atomic(path, out))
     print(bench.format_table([bench.Row(**r) for r in out["rows"]]))
     print("population scaling:", json.dumps(out["population"]))
     print("sweep:", json.dumps(out["sweep"]))

@@ -43,6 +43,7 @@ class Experiment:
     train: EvalData
     dev: EvalData
     test_batches: list[TokenBatch]
+    train_encoded: list  # the encoded train rows (any other bucketing of them, e.g. for the bench)
     search: Search
     key: jax.Array
     logits_fn: Callable
@@ -73,19 +74,18 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     vocab = model.vocab
     template = tasks_lib.template_for(task, vocab, cfg.prompt.placement)
     verbalizer_C = tasks_lib.verbalizer_ids(task, vocab, leading_space=cfg.prompt.verbalizer_space)
-    word_VxD = np.asarray(backbone_for(model, cfg.prompt.placement).word_embeddings(model.params))
-
     if model.family == "llama" and cfg.prompt.placement == "cue":
         cue_ids = vocab.encode(task.decoder_cue)
         n_prompt = len(cue_ids)
         p0_NxD = token_embeddings(model, cue_ids)  # z = 0 is the hand-written prompt
     else:
         n_prompt = cfg.prompt.n_prompt_tokens
-        p0_NxD = np.zeros((n_prompt, word_VxD.shape[1]), np.float32)
+        p0_NxD = np.zeros((n_prompt, model.config.hidden_size), np.float32)
     suffix_len = n_prompt
     if model.family == "llama" and cfg.prompt.placement == "suffix":
         suffix_len += len(vocab.encode(task.decoder_cue))
     backbone = backbone_for(model, cfg.prompt.placement, suffix_len)
+    word_VxD = np.asarray(backbone.word_embeddings(model.params))
 
     enc = {k: encoded_split(task, vocab, template, n_prompt, cfg.prompt.max_length, v) for k, v in splits.items()}
     train_buckets = tasks_lib.make_buckets(enc["train"], vocab.pad_id, num_buckets=cfg.prompt.num_buckets)
@@ -109,7 +109,7 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     dev = make_eval_data(prepare(frozen, tuple(dev_buckets)), *_concat_targets(dev_buckets))
     search = Search(backbone.score, metric=task.metric, config=cfg.search, intrinsic_dim=cfg.prompt.intrinsic_dim)
     return Experiment(cfg, task, model, backbone, template, n_prompt, verbalizer_C, frozen, proj, train, dev,
-                      test_batches, search, k_search, make_logits_fn(backbone.score_batches))
+                      test_batches, enc["train"], search, k_search, make_logits_fn(backbone.score_batches))
 
 
 def score_split_many(exp: Experiment, z_PxK, batches) -> list[dict]:

@@ -48,4 +48,15 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
     bf16 = [r for r in res["rows"] if "bf16" in r["name"]][0]
     assert np.isfinite(bf16["extra"]["max_abs_loss_diff_vs_fp32"])
     assert [p["pop"] for p in res["population"]] == [8, 32]
-    assert res["sweep"]["S"] == 8
+    assert res["sweep"]["S"] == 8 and res["complete"] is True
+    default_flags = [r for r in res["rows"] if "default CPU flags" in r["name"]][0]
+    assert "ynn" not in default_flags["extra"]["xla_flags"]  # the child really ran without our defaults
+
+
+def test_bench_bad_flag_is_one_line_error(tmp_path, capsys):
+    from bbt_jax import cli
+
+    assert cli.main(["bench", "--quick", "--ref-candidates", "0", "--json", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --ref-candidates 0: must be >= 1"
+    assert not (tmp_path / "b.json").exists()
