@@ -52,20 +52,45 @@ def matmul_gflops(n: int = 2048, repeats: int = 7, dtype=jnp.float32) -> float:
 
 
 def timed(fn, *args, repeats: int = 3):
-    """(compile+first seconds, median steady seconds, last output) of a jitted call."""
+    """(compile seconds, median seconds of `repeats` executions, last output) of a jitted function.
+    Compilation is timed on its own (ahead of time), so no execution is mixed into it."""
     t = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - t
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - t
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
+        out = jax.block_until_ready(compiled(*args))
         ts.append(time.perf_counter() - t)
-    return first, float(np.median(ts)), out
+    return compile_s, float(np.median(ts)), out
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM of the current address space (getrusage's
+    ru_maxrss would carry the parent's high-water mark over fork+exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_ticks() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs since boot (Linux), to report the share a hypervisor took."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
+def steal_share(before, after) -> float | None:
+    """Fraction of CPU time stolen by the hypervisor between two `cpu_ticks()` readings."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
 
 
 @dataclasses.dataclass
@@ -176,6 +201,7 @@ ROBERTA_VARIANTS = (  # (name, config overrides, head); the first is ours as shi
     ("ours, 1 bucket (padded to longest)", {"num_buckets": 1}, "verbalizer"),
     ("ours, full-vocab head at mask", {}, "mask_vocab"),
     ("ours, bf16 compute", {"dtype": "bfloat16"}, "verbalizer"),
+    ("ours, population in chunks of 4", {"pop_chunk": 4}, "verbalizer"),
 )
 
 
@@ -199,9 +225,9 @@ def _time_variant(exp, head: str, repeats: int):
     """(compile s, steady s/generation) of one fused generation of `exp` with the given head."""
     score = exp.backbone.score if head == "verbalizer" else _full_vocab_scorer(exp)
     gen = _generation_fn(exp, score)
-    first, sec, _ = timed(gen, exp.frozen, exp.proj, exp.train, exp.search.es_params(), exp.search.init(exp.key),
-                          repeats=repeats)
-    return first - sec, sec
+    compile_s, sec, _ = timed(gen, exp.frozen, exp.proj, exp.train, exp.search.es_params(),
+                              exp.search.init(exp.key), repeats=repeats)
+    return compile_s, sec
 
 
 def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: float, ref_candidates: int,
@@ -218,7 +244,7 @@ def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: 
     for name, over, head in variants:
         exp = build(C.override(base, **over), model=model, log=lambda s: None)
         compile_s, sec = _time_variant(exp, head, repeats if not quick else 2)
-        if head == "verbalizer":  # fp32 vs bf16 on the same few candidates
+        if head == "verbalizer" and not over.get("pop_chunk"):  # fp32 vs bf16 on the same few candidates
             z = jax.random.normal(jax.random.PRNGKey(1), (min(pop, 4), exp.proj.A_KxND.shape[0]))
             loss_fn = jax.jit(lambda fr, pr, z, d, exp=exp: population_fitness(exp.backbone.score, "ce", "acc", fr, pr,
                                                                               z, d)[0])
@@ -330,17 +356,19 @@ def pop_scaling_child(pop: int, chunk: int, quick: bool) -> dict:
     fn = jax.jit(lambda fr, pr, z, d: population_fitness(bb.score, "ce", "acc", fr, pr, z, d, chunk=chunk)[0])
     z = jax.random.normal(jax.random.PRNGKey(2), (pop, K))
     rss0 = peak_rss_mb()
-    compile_s, sec, _ = timed(fn, frozen, proj, z, data, repeats=2)
+    compile_s, sec, _ = timed(fn, frozen, proj, z, data, repeats=3)
     return {"pop": pop, "chunk": chunk, "seconds": sec, "per_member_ms": 1000 * sec / pop, "compile_s": compile_s,
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0, "tokens": B * L}
 
 
 def bench_population(quick: bool) -> list[dict]:
-    pops = (20, 200, 2000) if not quick else (8, 32)
+    """Time per member and peak RSS at growing populations, chunked inside the jit; the largest
+    population once more unchunked, to show what the chunk bounds. One fresh process per size."""
     chunk = 20 if not quick else 8
+    runs = [(20, chunk), (200, chunk), (2000, chunk), (2000, 0)] if not quick else [(8, chunk), (32, chunk), (32, 0)]
     out = []
-    for pop in pops:
-        r = subprocess.run([sys.executable, "-m", "bbt_jax", "bench", "--pop-child", str(pop), "--chunk", str(chunk)]
+    for pop, ch in runs:
+        r = subprocess.run([sys.executable, "-m", "bbt_jax", "bench", "--pop-child", str(pop), "--chunk", str(ch)]
                            + (["--quick"] if quick else []), capture_output=True, text=True, env=os.environ.copy())
         if r.returncode != 0:
             raise RuntimeError(r.stderr[-2000:])
@@ -409,8 +437,12 @@ def run(args, save=lambda out: None) -> dict:
     out["matmul_gflops_bf16"] = matmul_gflops(1024 if args.quick else 2048, dtype=jnp.bfloat16)
     print(f"matmul fp32: {mm:.1f} GFLOP/s | bf16: {out['matmul_gflops_bf16']:.1f} GFLOP/s", flush=True)
     rows: list[Row] = []
+    out["cpu_steal"] = {}  # share of CPU time the hypervisor took during each section (noise indicator)
+    ticks = [cpu_ticks()]
 
-    def section_done():
+    def section_done(name):
+        ticks.append(cpu_ticks())
+        out["cpu_steal"][name] = steal_share(ticks[-2], ticks[-1])
         out["rows"] = [dataclasses.asdict(r) for r in rows]
         save(out)
         print(format_table(rows), flush=True)
@@ -424,17 +456,17 @@ def run(args, save=lambda out: None) -> dict:
         if not big:
             new.insert(1, bench_xla_defaults(shape, args.quick, new[0], mm))
         rows += new
-        section_done()
+        section_done(shape)
     if not args.quick and "smollm2" in args.shapes:
         from bbt_jax.bench_decoder import bench_smollm2
 
         rows += [r.finish(mm) for r in bench_smollm2(data_dir=data_dir, matmul=mm, threads=threads,
                                                       ref_candidates=args.ref_candidates)]
-        section_done()
+        section_done("smollm2")
     out["population"] = bench_population(args.quick)
-    save(out)
+    section_done("population")
     print("population scaling:", json.dumps(out["population"]), flush=True)
     out["sweep"] = bench_sweep(args.quick, data_dir, tok)
     out["complete"] = True
-    save(out)
+    section_done("sweep")
     return out

@@ -47,7 +47,8 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
     assert any("bbt reference" in n for n in names) and any("stock reference" in n for n in names)
     bf16 = [r for r in res["rows"] if "bf16" in r["name"]][0]
     assert np.isfinite(bf16["extra"]["max_abs_loss_diff_vs_fp32"])
-    assert [p["pop"] for p in res["population"]] == [8, 32]
+    assert [(p["pop"], p["chunk"]) for p in res["population"]] == [(8, 8), (32, 8), (32, 0)]
+    assert all(p["peak_rss_mb"] >= p["rss_before_mb"] > 0 for p in res["population"])
     assert res["sweep"]["S"] == 8 and res["complete"] is True
     default_flags = [r for r in res["rows"] if "default CPU flags" in r["name"]][0]
     assert "ynn" not in default_flags["extra"]["xla_flags"]  # the child really ran without our defaults
