@@ -76,7 +76,7 @@ class SearchConfig:
     dev_tiebreak_loss: bool = _f(False, "on a dev-metric tie, select the candidate with the lower dev loss "
                                  "(bbt.py keeps the earlier one)")
     pop_chunk: int = _f(0, "evaluate the population in chunks of this many members inside the one call "
-                        "(0: all at once)")
+                        "(0: all at once, one vmap, right for accelerators; on CPU 4 was faster, see BENCHMARKS.md)")
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
