@@ -109,10 +109,14 @@ class Row:
     vs_stock_reference: float | None = None
     vs_uncached: float | None = None
     compile_s: float | None = None
+    tokens_real_per_s: float | None = None
+    tokens_padded_per_s: float | None = None
     note: str = ""
     extra: dict = dataclasses.field(default_factory=dict)
 
     def finish(self, matmul: float) -> Row:
+        self.tokens_real_per_s = self.tokens_real / self.seconds_per_generation
+        self.tokens_padded_per_s = self.tokens_padded / self.seconds_per_generation
         if self.flops_per_generation:
             self.gflops_achieved = self.flops_per_generation / self.seconds_per_generation / 1e9
             self.utilisation = self.gflops_achieved / matmul

@@ -39,7 +39,8 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
     assert {"device", "jax", "xla_flags", "matmul_gflops", "rows"} <= set(res)
     assert res["matmul_gflops"] > 0
     keys = {"name", "model", "pop", "batch", "tokens_real", "tokens_padded", "seconds_per_generation",
-            "gflops_achieved", "utilisation", "vs_bbt_reference", "vs_stock_reference", "vs_uncached"}
+            "gflops_achieved", "utilisation", "vs_bbt_reference", "vs_stock_reference", "vs_uncached",
+            "tokens_real_per_s", "tokens_padded_per_s"}
     for row in res["rows"]:
         assert keys <= set(row)
         assert row["seconds_per_generation"] > 0 and row["tokens_real"] <= row["tokens_padded"]
