@@ -210,19 +210,15 @@ ROBERTA_VARIANTS = (  # (name, config overrides, head); the first is ours as shi
 
 
 def _roberta_setup(shape: str, *, tokenizer_path, data_dir, quick: bool):
-    config = roberta_preset(shape)
+    from bbt_jax.models import roberta
+
+    config = roberta.preset(shape)
     tmodel = _torch_roberta(config)
     model = _loaded_roberta_from_torch(tmodel, tokenizer_path)
     pop = 20 if not quick else 4
     base = C.override(C.paper(), model=shape, task="sst2", seed=13, data_dir=str(data_dir), popsize=pop,
                       budget=pop * 10, n_prompt_tokens=50 if not quick else 8, intrinsic_dim=500 if not quick else 16)
     return config, tmodel, model, base, pop
-
-
-def roberta_preset(shape):
-    from bbt_jax.models import roberta
-
-    return roberta.preset(shape)
 
 
 def _time_variant(exp, head: str, repeats: int):
@@ -235,7 +231,8 @@ def _time_variant(exp, head: str, repeats: int):
 
 
 def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: float, ref_candidates: int,
-                  threads: int, variants=ROBERTA_VARIANTS, repeats: int = 1) -> list[Row]:
+                  threads: int, variants=ROBERTA_VARIANTS, repeats: int = 1, xla_defaults: bool = False
+                  ) -> list[Row]:
     from bbt_jax.evaluate import population_fitness
     from bbt_jax.tasks import make_buckets, real_tokens
     from bbt_jax.train import build
@@ -248,21 +245,22 @@ def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: 
     for name, over, head in variants:
         exp = build(C.override(base, **over), model=model, log=lambda s: None)
         compile_s, sec = _time_variant(exp, head, repeats if not quick else 2)
-        if head == "verbalizer" and not over.get("pop_chunk"):  # fp32 vs bf16 on the same few candidates
+        if head == "verbalizer" and set(over) <= {"dtype"}:  # fp32 (as shipped) vs bf16 on the same candidates
             z = jax.random.normal(jax.random.PRNGKey(1), (min(pop, 4), exp.proj.A_KxND.shape[0]))
             loss_fn = jax.jit(lambda fr, pr, z, d, exp=exp: population_fitness(exp.backbone.score, "ce", "acc", fr, pr,
                                                                               z, d)[0])
-            losses[over.get("dtype", "float32"), over.get("num_buckets", 4)] = np.asarray(
-                loss_fn(exp.frozen, exp.proj, z, exp.train))
+            losses[over.get("dtype", "float32")] = np.asarray(loss_fn(exp.frozen, exp.proj, z, exp.train))
         buckets = exp.train.inputs
         fl = pop * sum(F.roberta_config_flops(config, b.input_ids_BxL.shape[0], b.input_ids_BxL.shape[1], head=head)
                        for b in buckets)
         rows.append(Row(name, shape, pop, int(exp.train.weight_B.sum()), real_tokens(buckets) * pop,
                         sum(int(b.input_ids_BxL.size) for b in buckets) * pop, sec, fl, compile_s=compile_s))
         if over.get("dtype") == "bfloat16":
-            diff = float(np.max(np.abs(losses["bfloat16", 4] - losses["float32", 4])))
+            diff = float(np.max(np.abs(losses["bfloat16"] - losses["float32"])))
             rows[-1].extra["max_abs_loss_diff_vs_fp32"] = diff
-            rows[-1].note = f"max |loss bf16 - fp32| = {diff:.2e} over {len(losses['float32', 4])} candidates"
+            rows[-1].note = f"max |loss bf16 - fp32| = {diff:.2e} over {len(losses['float32'])} candidates"
+    if xla_defaults:
+        rows.insert(1, _xla_defaults_row(shape, quick, rows[0]))
 
     # PyTorch references on the same weights, data and candidates (train rows in one batch).
     batch = make_buckets(exp.train_encoded, model.vocab.pad_id, num_buckets=1)[0]
@@ -296,7 +294,7 @@ def xla_defaults_child(shape: str, quick: bool) -> dict:
             "matmul_gflops": matmul_gflops(1024 if quick else 2048)}
 
 
-def bench_xla_defaults(shape: str, quick: bool, ours: Row, matmul: float) -> Row:
+def _xla_defaults_row(shape: str, quick: bool, ours: Row) -> Row:
     """Ours as shipped, but in a child process with XLA's CPU defaults (our flags off)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["BBT_JAX_XLA_DEFAULTS"] = "0"
@@ -305,14 +303,10 @@ def bench_xla_defaults(shape: str, quick: bool, ours: Row, matmul: float) -> Row
     if r.returncode != 0:
         raise RuntimeError(r.stderr[-2000:])
     child = json.loads(r.stdout.strip().splitlines()[-1])
-    row = dataclasses.replace(ours, name="ours, XLA's default CPU flags", seconds_per_generation=child["seconds_per_generation"],
-                              compile_s=child["compile_s"],
-                              extra={"xla_flags": child["xla_flags"], "matmul_gflops": child["matmul_gflops"]},
-                              note="child process without our XLA_FLAGS defaults; util vs this run's matmul rate")
-    if ours.vs_bbt_reference:
-        row.vs_bbt_reference = ours.vs_bbt_reference * ours.seconds_per_generation / row.seconds_per_generation
-        row.vs_stock_reference = ours.vs_stock_reference * ours.seconds_per_generation / row.seconds_per_generation
-    return row.finish(matmul)
+    return dataclasses.replace(ours, name="ours, XLA's default CPU flags",
+                               seconds_per_generation=child["seconds_per_generation"], compile_s=child["compile_s"],
+                               extra={"xla_flags": child["xla_flags"], "matmul_gflops": child["matmul_gflops"]},
+                               note="child process without our XLA_FLAGS defaults; util vs this run's matmul rate")
 
 
 def _full_vocab_scorer(exp):
@@ -449,24 +443,22 @@ def run(args, save=lambda out: None) -> dict:
         out["cpu_steal"][name] = steal_share(ticks[-2], ticks[-1])
         out["rows"] = [dataclasses.asdict(r) for r in rows]
         save(out)
-        print(format_table(rows), flush=True)
 
     shapes = ["tiny"] if args.quick else [s for s in ("roberta-base", "roberta-large") if s in args.shapes]
     for shape in shapes:
         big = shape == "roberta-large"  # ~3.5x the work of base: ours as shipped only
-        new = bench_roberta(shape, tokenizer_path=tok, data_dir=data_dir, quick=args.quick, matmul=mm,
-                            ref_candidates=1 if args.quick else args.ref_candidates, threads=threads,
-                            variants=ROBERTA_VARIANTS[:1] if big else ROBERTA_VARIANTS)
-        if not big:
-            new.insert(1, bench_xla_defaults(shape, args.quick, new[0], mm))
-        rows += new
+        rows += bench_roberta(shape, tokenizer_path=tok, data_dir=data_dir, quick=args.quick, matmul=mm,
+                              ref_candidates=1 if args.quick else args.ref_candidates, threads=threads,
+                              variants=ROBERTA_VARIANTS[:1] if big else ROBERTA_VARIANTS, xla_defaults=not big)
         section_done(shape)
+        print(format_table(rows), flush=True)
     if not args.quick and "smollm2" in args.shapes:
         from bbt_jax.bench_decoder import bench_smollm2
 
         rows += [r.finish(mm) for r in bench_smollm2(data_dir=data_dir, matmul=mm, threads=threads,
                                                       ref_candidates=args.ref_candidates)]
         section_done("smollm2")
+        print(format_table(rows), flush=True)
     out["population"] = bench_population(args.quick)
     section_done("population")
     print("population scaling:", json.dumps(out["population"]), flush=True)
