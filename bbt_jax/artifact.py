@@ -21,19 +21,17 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from bbt_jax import config as config_lib
-from bbt_jax.checkpoint import write_bytes_atomic
 from bbt_jax.errors import UserError
-from bbt_jax.prompt import Projection, prompt_from_z
-
-if TYPE_CHECKING:
-    from bbt_jax.train import Experiment
+from bbt_jax.fitness import split_metrics
+from bbt_jax.harness import Harness
+from bbt_jax.io import write_bytes_atomic
+from bbt_jax.prompt import prompt_from_z
 
 FORMAT = "bbt-jax-prompt/1"
 TENSORS_FILE = "prompt.safetensors"
@@ -52,29 +50,30 @@ class SavedPrompt:
     prompt_NxD: np.ndarray
 
 
-def save_prompt(out_dir: str | Path, exp: Experiment, z_K, metrics: dict) -> dict[str, Path]:
+def save_prompt(out_dir: str | Path, h: Harness, z_K, metrics: dict) -> dict[str, Path]:
     """Write prompt.safetensors and prompt.json into `out_dir`; returns both paths."""
     from safetensors.numpy import save
 
     out_dir = Path(out_dir)
     z_K = np.asarray(z_K, np.float32)
-    prompt_NxD = np.asarray(jax.device_get(prompt_from_z(exp.proj, jnp.asarray(z_K))), np.float32)
-    p0_NxD = np.asarray(exp.proj.p0_NxD, np.float32)
-    cfg = exp.cfg
+    proj = h.projection
+    prompt_NxD = np.asarray(jax.device_get(prompt_from_z(proj, jnp.asarray(z_K))), np.float32)
+    p0_NxD = np.asarray(proj.p0_NxD, np.float32)
+    cfg = h.cfg
     projection = {"seed": cfg.run.seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]",
-                  "shape": list(map(int, exp.proj.A_KxND.shape)), "kind": cfg.prompt.random_proj,
+                  "shape": list(map(int, proj.A_KxND.shape)), "kind": cfg.prompt.random_proj,
                   "alpha": cfg.prompt.alpha, "sigma": cfg.prompt.proj_sigma or cfg.search.sigma}
     blob = save({"z": z_K, "p0": p0_NxD, "prompt": prompt_NxD},
-                metadata={"format": FORMAT, "task": exp.task.name, "model": exp.model.source,
+                metadata={"format": FORMAT, "task": h.task.name, "model": h.model.source,
                           "projection": json.dumps(projection)})
     write_bytes_atomic(out_dir / TENSORS_FILE, blob)
-    tok = exp.model.vocab.tokenizer
+    tok = h.model.vocab.tokenizer
     card = {
-        "format": FORMAT, "task": exp.task.name, "labels": list(exp.task.labels),
-        "model": exp.model.source, "family": exp.model.family,
-        "template": exp.template, "placement": exp.backbone.placement,
-        "verbalizer": {"words": [tok.decode([int(i)]) for i in exp.verbalizer_C],
-                       "ids": [int(i) for i in exp.verbalizer_C]},
+        "format": FORMAT, "task": h.task.name, "labels": list(h.task.labels),
+        "model": h.model.source, "family": h.model.family.name,
+        "template": h.layout.template, "placement": h.layout.placement,
+        "verbalizer": {"words": [tok.decode([int(i)]) for i in h.verbalizer_C],
+                       "ids": [int(i) for i in h.verbalizer_C]},
         "n_prompt_tokens": int(prompt_NxD.shape[0]), "hidden": int(prompt_NxD.shape[1]),
         "intrinsic_dim": int(z_K.shape[0]), "projection": projection, "metrics": metrics,
         "config": config_lib.to_dict(cfg),
@@ -134,26 +133,22 @@ def config_for(saved: SavedPrompt, **overrides) -> config_lib.Config:
     return config_lib.override(cfg, **overrides)
 
 
-def evaluate_prompt(exp: Experiment, saved: SavedPrompt, *, warn: Callable[[str], None] = print) -> dict:
-    """Test metrics of the saved prompt embeddings on `exp` (built from `config_for`)."""
-    from bbt_jax.train import score_split
-
-    n, d = exp.proj.p0_NxD.shape
+def evaluate_prompt(h: Harness, saved: SavedPrompt, *, warn: Callable[[str], None] = print) -> dict:
+    """Test metrics of the saved prompt embeddings on `h` (built from `config_for`)."""
+    n, d = h.layout.p0.shape
     if saved.prompt_NxD.shape != (n, d):
         raise UserError(f"--prompt {saved.path}: the prompt is {saved.prompt_NxD.shape[0]} x "
                         f"{saved.prompt_NxD.shape[1]}, but this model and placement take {n} x {d}")
-    same_projection = not config_lib.diff(saved.card["config"], config_lib.to_dict(exp.cfg), PROJECTION_FIELDS)
+    same_projection = not config_lib.diff(saved.card["config"], config_lib.to_dict(h.cfg), PROJECTION_FIELDS)
     agree = None
     if same_projection:
-        rebuilt_NxD = np.asarray(jax.device_get(prompt_from_z(exp.proj, jnp.asarray(saved.z_K))))
+        rebuilt_NxD = np.asarray(jax.device_get(prompt_from_z(h.projection, jnp.asarray(saved.z_K))))
         gap = float(np.max(np.abs(rebuilt_NxD - saved.prompt_NxD)))
         agree = gap <= 1e-5 * (1.0 + float(np.max(np.abs(saved.prompt_NxD))))
         if not agree:
             warn(f"warning: A z + p0 of the rebuilt projection differs from the saved prompt by {gap:.3g} "
                  "(other model weights?); scoring the saved prompt")
-    # Score the embeddings themselves: a projection whose A is 0 (K = 1) and whose p0 is the prompt,
-    # so A z + p0 is exactly the saved prompt and the scorer is the one used in training.
-    fixed = Projection(A_KxND=jnp.zeros((1, n * d), jnp.float32), p0_NxD=jnp.asarray(saved.prompt_NxD))
-    test = score_split(dataclasses.replace(exp, proj=fixed), np.zeros(1, np.float32), exp.test_batches)
-    return {"prompt": str(saved.path), "task": exp.task.name, "model": exp.model.source, "test": test,
+    # Score the embeddings themselves, with the fitness used in training.
+    test = split_metrics(h.backbone, h.frozen, h.test_batches, jnp.asarray(saved.prompt_NxD)[None], h.task.metric)[0]
+    return {"prompt": str(saved.path), "task": h.task.name, "model": h.model.source, "test": test,
             "z_agrees": agree, "reported": saved.card.get("metrics", {})}

@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
+from bbt_jax.io import write_bytes_atomic, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -53,7 +53,7 @@ SEARCH_FIELDS = (
     "model", "tokenizer", "dtype", "zero_lm_head_bias",
     "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement",
     "verbalizer_space", "max_length", "num_buckets",
-    "strategy", "popsize", "sigma", "bound", "loss", "eval_every", "dev_init", "dev_tiebreak_loss",
+    "strategy", "es_params", "popsize", "sigma", "bound", "loss", "eval_every", "dev_init", "dev_tiebreak_loss",
 )
 
 
@@ -103,21 +103,10 @@ def _files(step_dir: Path) -> dict[str, str]:
     return out
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a temporary file in the same folder, fsync it, then rename (never a half file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_config(out_dir: Path, cfg: config_lib.Config) -> Path:
     """The resolved config as JSON, beside the checkpoints."""
     path = Path(out_dir) / CONFIG_FILE
-    write_bytes_atomic(path, (json.dumps(config_lib.to_dict(cfg), indent=1) + "\n").encode())
+    write_json_atomic(path, config_lib.to_dict(cfg))
     return path
 
 

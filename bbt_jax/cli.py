@@ -9,25 +9,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIRS = (Path("../shared"), REPO_ROOT.parent / "shared")
-
-
-def shared_path(rel: str) -> Path:
-    """A path under ../shared, relative to the working directory or to the repo."""
-    for base in SHARED_DIRS:
-        if (base / rel).exists():
-            return base / rel
-    return SHARED_DIRS[0] / rel
-
+from bbt_jax.io import shared_path, write_json_atomic
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     paper = config_lib.paper()
@@ -62,17 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt", required=True, metavar="PATH",
                    help="prompt.json, prompt.safetensors, or the train --out folder holding them")
     _add_config_flags(e)
-    b = sub.add_parser("bench", help="measure throughput side by side (ours vs PyTorch references vs the "
-                       "machine's matmul rate); writes --json", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--quick", action="store_true", help="tiny shapes only (seconds; what the test suite runs)")
-    b.add_argument("--shapes", nargs="+", default=["roberta-base", "roberta-large", "smollm2"],
-                   choices=["roberta-base", "roberta-large", "smollm2"], help="workloads to run")
-    b.add_argument("--ref-candidates", type=int, default=3,
-                   help="candidates timed per PyTorch reference (scaled to the population)")
-    b.add_argument("--json", default="experiments/bench/bench-cpu.json", help="where to write the results")
-    b.add_argument("--pop-child", type=int, default=0, help=argparse.SUPPRESS)  # internal: one population size
-    b.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
-    b.add_argument("--xla-child", default="", help=argparse.SUPPRESS)  # internal: ours with XLA's default flags
     return p
 
 
@@ -97,13 +74,6 @@ def check_out_dir(out: str) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write to a temporary file in the same folder, then rename (no half files)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from bbt_jax.train import train
 
@@ -122,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bbt_jax import artifact
-    from bbt_jax.train import build
+    from bbt_jax.harness import build
 
     saved = artifact.load_prompt(args.prompt)
     fields = config_lib.flat_fields()
@@ -131,35 +101,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
         cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
     log = lambda s: print(s, flush=True)  # noqa: E731
-    exp = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
-    result = artifact.evaluate_prompt(exp, saved, warn=log)
+    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
+    result = artifact.evaluate_prompt(h, saved, warn=log)
     reported = result["reported"].get("test")
     log(f"test {result['test']} (reported by train: {reported})")
     print(json.dumps(result), flush=True)
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from bbt_jax import bench
-
-    if args.pop_child:
-        print(json.dumps(bench.pop_scaling_child(args.pop_child, args.chunk, args.quick)))
-        return 0
-    if args.xla_child:
-        print(json.dumps(bench.xla_defaults_child(args.xla_child, args.quick)))
-        return 0
-    if args.ref_candidates < 1:
-        raise UserError(f"--ref-candidates {args.ref_candidates}: must be >= 1")
-    path = Path(args.json)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--json {path}: cannot create its folder ({e.strerror})") from None
-    out = bench.run(args, save=lambda out: write_json_atomic(path, out))
-    print(bench.format_table([bench.Row(**r) for r in out["rows"]]))
-    print("population scaling:", json.dumps(out["population"]))
-    print("sweep:", json.dumps(out["sweep"]))
-    print(f"wrote {path}")
     return 0
 
 
@@ -174,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

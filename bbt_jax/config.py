@@ -12,7 +12,6 @@ from dataclasses import field
 
 from bbt_jax.errors import UserError
 
-STRATEGIES = ("cma_es", "sep_cma_es")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -64,10 +63,14 @@ class PromptConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    strategy: str = _f("cma_es", "evosax strategy: cma_es or sep_cma_es")
+    strategy: str = _f("cma_es", "evosax strategy, any distribution-based algorithm of evosax 0.3 by name "
+                       "(cma_es, sep_cma_es, lm_ma_es, ma_es, snes, xnes, open_es, pgpe, ...; case ignored; "
+                       "see bbt_jax/strategy.py)")
+    es_params: str = _f("", "strategy hyperparameters: 'name=value,...' fields of the strategy's evosax params "
+                        "(e.g. 'c_mean=0.9'); --sigma sets the initial step size where the strategy has one")
     popsize: int = _f(20, "population size")
     budget: int = _f(8000, "API calls; one call = one candidate on the whole training set")
-    sigma: float = _f(1.0, "initial CMA-ES step size")
+    sigma: float = _f(1.0, "initial step size of the strategy")
     bound: float = _f(0.0, "clip z to [-bound, bound] (0: no bound, as bbt.py)")
     loss: str = _f("ce", "fitness: ce, hinge (margin 2) or perf (negative metric)")
     eval_every: int = _f(100, "calls between dev evaluations (rounded to whole generations)")
@@ -79,8 +82,10 @@ class SearchConfig:
                         "(0: all at once, one vmap, right for accelerators; on CPU 4 was faster, see BENCHMARKS.md)")
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"--strategy {self.strategy}: choose from {STRATEGIES}")
+        from bbt_jax.strategy import canonical, parse_overrides
+
+        canonical(self.strategy)  # a UserError naming the choices
+        parse_overrides(self.es_params)
         if self.popsize < 2:
             raise UserError(f"--popsize {self.popsize}: must be >= 2")
         if self.budget < self.popsize:

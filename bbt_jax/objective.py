@@ -5,7 +5,7 @@ summed then divided by the batch size; "perf" the negative metric. Metrics:
 accuracy, and binary F1 of class 1 for MRPC (sklearn's f1_score default).
 Rows with weight 0 are padding and never count.
 
-Shape letters: B batch rows, C classes.
+Shape letters (bbt_jax/types.py): B batch rows, C classes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def metric_value(metric: str, logits_BxC, labels_B, weight_B):
 
 
 def ce_loss(logits_BxC, labels_B, weight_B):
+    """Weighted mean of -log_softmax[label], as bbt.py. Not optax's softmax CE: its forms (logsumexp - logit,
+    or -sum(onehot * log_softmax)) agree to 1 ulp but compile to other float orders inside the fused
+    population call, which reorders near-tied candidates and so changes CMA-ES trajectories
+    (tests/test_objective.py checks the values against optax)."""
     logp_BxC = jax.nn.log_softmax(logits_BxC.astype(jnp.float32), -1)
     nll_B = -jnp.take_along_axis(logp_BxC, labels_B[:, None], -1)[:, 0]
     return jnp.sum(nll_B * weight_B) / jnp.maximum(jnp.sum(weight_B), 1.0)

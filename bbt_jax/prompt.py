@@ -5,7 +5,7 @@ whose weight is drawn N(0, std) with std = alpha * std_hat / (sqrt(K) * sigma),
 std_hat the std of all word-embedding entries ("normal"); otherwise the weight
 keeps torch's default Linear init, U(-1/sqrt(K), 1/sqrt(K)) ("uniform").
 
-Shape letters: P population, K intrinsic dim, N prompt tokens, D hidden.
+Shape letters (bbt_jax/types.py): P population, K intrinsic dim, N prompt tokens, D hidden.
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ class Projection:
     @property
     def n_tokens(self) -> int:
         return self.p0_NxD.shape[0]
+
+    @property
+    def intrinsic_dim(self) -> int:
+        return self.A_KxND.shape[0]
+
+    def __call__(self, z_K: jax.Array) -> jax.Array:
+        """The prompt of one candidate (the `decode` of fitness.Fitness)."""
+        return prompt_from_z(self, z_K)
 
 
 def embedding_std(word_VxD) -> float:

@@ -1,6 +1,9 @@
-"""The BBT search: evosax CMA-ES minimising the training loss of z.
+"""The search: an evosax strategy minimising the training loss of z, with dev selection.
 
-One generation = ask -> one fused population evaluation -> tell. The generations
+`Search` knows nothing about models: it takes a strategy (strategy.py) and, at call
+time, two problems (problem.PromptProblem, the fitness contract plus the projection): one
+on the training rows, one on dev. One generation = ask -> one fused population
+evaluation -> tell. The generations
 between two dev evaluations run in `jax.lax.scan` inside ONE compiled call that
 also scores the interval's best candidate on dev and keeps the best-on-dev z, so
 the host syncs once per interval (one `jax.device_get`). A final, shorter interval
@@ -12,7 +15,7 @@ strictly better than the best so far; we score the interval's lowest-train-loss
 candidate (bbt.py's parallel mode scores the generation's best). The best-on-dev
 z is the one evaluated on test.
 
-Shape letters: P population, K intrinsic dim, G generations per interval.
+Shape letters (bbt_jax/types.py): P population, K intrinsic dim, G generations of one interval.
 """
 
 from __future__ import annotations
@@ -21,13 +24,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from evosax.algorithms import CMA_ES, Sep_CMA_ES
 from flax import struct
 
 from bbt_jax.config import SearchConfig
-from bbt_jax.evaluate import EvalData, ScoreFn, member_fitness, population_fitness
+from bbt_jax.problem import PromptProblem
+from bbt_jax.strategy import Strategy
 
-STRATEGY_CLASSES = {"cma_es": CMA_ES, "sep_cma_es": Sep_CMA_ES}
 # A non-finite loss is replaced by this before `tell`, so it ranks last and is never best.
 NONFINITE_LOSS = 1e30
 
@@ -53,18 +55,19 @@ class SearchState:
 
 
 class Search:
-    """Builds the jitted interval function once; holds only static settings."""
+    """Builds the jitted interval function once; holds only static settings.
 
-    def __init__(self, score_fn: ScoreFn, *, metric: str, config: SearchConfig, intrinsic_dim: int,
-                 mesh: jax.sharding.Mesh | None = None):
-        """`mesh`: shard the population axis over its first axis (multi-device); None: one device."""
-        self.score_fn = score_fn
+    `strategy`: a registered evosax strategy (strategy.make_strategy); `config`: the schedule
+    (popsize, budget, eval_every), the bound and the dev tie-break; `mesh`: shard the
+    population axis over the mesh's first axis (multi-device); None: one device.
+    """
+
+    def __init__(self, strategy: Strategy, *, config: SearchConfig, mesh: jax.sharding.Mesh | None = None):
+        self.strategy = strategy
+        self.es = strategy.es
         self.mesh = mesh
-        self.metric = metric
         self.config = config
-        self.intrinsic_dim = intrinsic_dim
-        self.es = STRATEGY_CLASSES[config.strategy](
-            population_size=config.popsize, solution=jnp.zeros(intrinsic_dim, jnp.float32))
+        self.intrinsic_dim = strategy.es.num_dims
         self.total_generations = config.generations
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
@@ -73,10 +76,8 @@ class Search:
 
     # -- state -------------------------------------------------------------
     def es_params(self, sigma: float | None = None):
-        """evosax params; numeric, so a new sigma does not recompile."""
-        sigma = self.config.sigma if sigma is None else sigma
-        params = self.es.default_params.replace(std_init=jnp.asarray(sigma, jnp.float32))
-        return jax.tree.map(jnp.asarray, params)  # on device once, not re-sent every interval
+        """evosax params; numeric, so a new sigma does not recompile (strategy.Strategy.params)."""
+        return self.strategy.params(sigma)
 
     def init(self, key: jax.Array, es_params=None) -> SearchState:
         es_params = self.es_params() if es_params is None else es_params
@@ -97,15 +98,14 @@ class Search:
             nonfinite=jnp.asarray(0, jnp.int32))
 
     # -- one generation ----------------------------------------------------
-    def _generation(self, frozen, proj, train: EvalData, es_params, state: SearchState):
+    def _generation(self, train: PromptProblem, es_params, state: SearchState):
         key, k_ask, k_tell = jax.random.split(state.key, 3)
         with _evosax_promotion():
             z_PxK, es_state = self.es.ask(k_ask, state.es_state, es_params)
         if self.config.bound > 0:
             z_PxK = jnp.clip(z_PxK, -self.config.bound, self.config.bound)
         z_PxK = self.shard_population(z_PxK)
-        loss_P, metrics_P = population_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj,
-                                               z_PxK, train, chunk=self.config.pop_chunk)
+        loss_P, metrics_P = train(z_PxK)
         finite_P = jnp.isfinite(loss_P)
         safe_P = jnp.where(finite_P, loss_P, NONFINITE_LOSS)
         with _evosax_promotion():
@@ -136,9 +136,9 @@ class Search:
                        "nonfinite": jnp.asarray(0, jnp.int32)}
 
     # -- dev selection -----------------------------------------------------
-    def _dev_update(self, frozen, proj, dev: EvalData, state: SearchState, z_K, valid=True):
+    def _dev_update(self, dev: PromptProblem, state: SearchState, z_K, valid=True):
         """`valid` False (no finite training loss in the interval): score, but never select."""
-        loss, metrics = member_fitness(self.score_fn, self.config.loss, self.metric, frozen, proj, z_K, dev)
+        loss, metrics = dev.fitness.member(dev.projection(z_K))
         # strict, as bbt.py; a candidate whose dev loss is NaN/inf is never selected
         better = metrics["perf"] > state.best_dev_perf
         if self.config.dev_tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
@@ -152,26 +152,26 @@ class Search:
         return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
                        "best_dev_perf": state.best_dev_perf, "improved": better}
 
-    def _dev_init(self, frozen, proj, dev: EvalData, state: SearchState):
-        return self._dev_update(frozen, proj, dev, state, jnp.zeros_like(state.best_dev_z_K))
+    def _dev_init(self, dev: PromptProblem, state: SearchState):
+        return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z_K))
 
-    def _interval(self, frozen, proj, train: EvalData, dev: EvalData, es_params, state: SearchState):
+    def _interval(self, train: PromptProblem, dev: PromptProblem, es_params, state: SearchState):
         """`generations_per_eval` generations in lax.scan, then one dev evaluation."""
 
         def body(state, _):
             return jax.lax.cond(state.generation < self.total_generations,
-                                lambda s: self._generation(frozen, proj, train, es_params, s),
+                                lambda s: self._generation(train, es_params, s),
                                 self._skip, state)
 
         state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
-        state, dev_metrics = self._dev_update(frozen, proj, dev, state, state.window_z_K,
+        state, dev_metrics = self._dev_update(dev, state, state.window_z_K,
                                               valid=jnp.isfinite(state.window_loss))
         state = state.replace(window_loss=jnp.asarray(jnp.inf, jnp.float32))
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
 
     # -- host loop ---------------------------------------------------------
-    def run(self, frozen, proj, train: EvalData, dev: EvalData, state: SearchState, *, es_params=None,
+    def run(self, train: PromptProblem, dev: PromptProblem, state: SearchState, *, es_params=None,
             history: list | None = None, on_interval: Callable | None = None):
         """Run the remaining intervals; returns (state, history).
 
@@ -184,7 +184,7 @@ class Search:
         pop = self.config.popsize
         done = len(history)
         while done < self.total_generations:
-            state, out = self.interval(frozen, proj, train, dev, es_params, state)
+            state, out = self.interval(train, dev, es_params, state)
             out = jax.device_get(out)  # the one host sync of this interval
             gens = out["generations"]
             n_new = int(out["generation"]) - done

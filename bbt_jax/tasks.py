@@ -146,7 +146,8 @@ class Vocab:
 
     Attributes:
       tokenizer: a `tokenizers.Tokenizer`.
-      kind: "mlm" (answer at <mask>) or "causal" (answer after the last token).
+      kind: "masked" (answer at <mask>) or "causal" (answer after the last token),
+        the family's kind (models/family.py).
       bos_id / eos_id: added around every row when not None.
       mask_id: the <mask> id (masked LMs only).
       pad_id: id written into padded positions.
@@ -163,19 +164,9 @@ class Vocab:
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
 
-def roberta_vocab(tokenizer) -> Vocab:
-    """RoBERTa's <s>=0, <pad>=1, </s>=2, <mask> from the tokenizer."""
-    ids = {t: tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<mask>")}
-    if None in ids.values():
-        missing = [k for k, v in ids.items() if v is None]
-        raise UserError(f"tokenizer: missing RoBERTa special tokens {missing}")
-    return Vocab(tokenizer, "mlm", pad_id=ids["<pad>"], bos_id=ids["<s>"], eos_id=ids["</s>"],
-                 mask_id=ids["<mask>"])
-
-
 def template_for(task: Task, vocab: Vocab, placement: str) -> str:
-    """The template string for a model kind and a prompt placement."""
-    if vocab.kind == "mlm":
+    """The template string for a model kind (masked / causal) and a prompt placement."""
+    if vocab.kind == "masked":
         if placement not in ENCODER_PLACEMENTS:
             raise UserError(f"--placement {placement}: masked LMs take one of {ENCODER_PLACEMENTS}")
         if placement == "cat":
@@ -234,7 +225,7 @@ def encode_example(ex: Example, task: Task, vocab: Vocab, template: str, n_promp
             lead = " " if name.startswith(" ") else ""
             texts[name.strip()] = vocab.encode(lead + task.clean(raw or ""))
     fixed = sum(len(vocab.encode(s)) for k, s in pieces if k == "lit")
-    fixed += n_prompt + (vocab.mask_id is not None and vocab.kind == "mlm")
+    fixed += n_prompt + (vocab.mask_id is not None and vocab.kind == "masked")
     fixed += (vocab.bos_id is not None) + (vocab.eos_id is not None)
     budget = max_length - fixed
     if budget < 1:
@@ -275,8 +266,8 @@ def verbalizer_ids(task: Task, vocab: Vocab, *, leading_space: bool = False) -> 
     first piece (warned once). `leading_space=True` uses " word", where every word
     is one token. Decoder words already carry their space and must be one token.
     """
-    words = task.encoder_words if vocab.kind == "mlm" else task.decoder_words
-    if vocab.kind == "mlm" and leading_space:
+    words = task.encoder_words if vocab.kind == "masked" else task.decoder_words
+    if vocab.kind == "masked" and leading_space:
         swap = dict(task.spaced_words)
         words = tuple(" " + swap.get(w, w) for w in words)
     ids, split = [], []

@@ -1,15 +1,25 @@
-"""Domain types shared by every module.
+"""Domain types shared by every module, and the one shape legend of the package.
 
-Shape letters: P population, B batch, L sequence, D hidden, N prompt tokens,
-K intrinsic dim, V vocab, C classes, S sweep members.
+Shape letters (suffixes such as `z_PxK`, `logits_PxBxC`):
+  P population members      K intrinsic dim (one candidate z)   N prompt tokens
+  B batch rows              L sequence length                   D hidden size
+  V vocabulary              C classes                           Y layers
+  S sweep cells             G generations (of one interval)     R suffix tokens (decoder cache path)
+  T keys attended           H query heads                       Q key/value heads
+  E head dim                I FFN width
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 from flax import struct
 
 Array = jax.Array
+# A prompt is a pytree: an N x D array for a prompt at the input (BBT), or a dict
+# {"input": N x D, "layers": Y x N x D} for prompts at every layer (see models/splice.py).
+Prompt = Any
 
 
 @struct.dataclass

@@ -25,6 +25,13 @@ def test_ce_matches_torch():
     assert abs(float(O.ce_loss(LOGITS, LABELS, W)) - ref) < 1e-6
 
 
+def test_ce_matches_optax():
+    import optax
+
+    ref = np.mean(np.asarray(optax.losses.softmax_cross_entropy_with_integer_labels(LOGITS, LABELS)))
+    assert abs(float(O.ce_loss(LOGITS, LABELS, W)) - ref) < 1e-6
+
+
 def test_hinge_matches_bbt_sum_over_batch():
     ref = bbt_hinge(torch.tensor(LOGITS), torch.tensor(LABELS).long(), 2.0).item() / 4
     assert abs(float(O.hinge_loss(LOGITS, LABELS, W)) - ref) < 1e-6

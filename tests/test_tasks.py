@@ -8,6 +8,7 @@ import pytest
 from bbt_jax import tasks as T
 from bbt_jax.data import Example
 from bbt_jax.errors import UserError
+from bbt_jax.models import roberta
 
 N = 5
 # bbt.py (dataloader.py) builds the input as one string: '%s . %s . It was %s .' % (prompt, x, mask).
@@ -27,7 +28,7 @@ BBT_IDS = {"sst2": [10999, 12338], "agnews": [10988, 10554, 18562, 14396], "mrpc
 
 @pytest.fixture(scope="module")
 def vocab(roberta_tokenizer):
-    return T.roberta_vocab(roberta_tokenizer)
+    return roberta.make_vocab(roberta_tokenizer)
 
 
 @pytest.mark.parametrize("name", sorted(T.TASKS))

@@ -1,1 +1,2 @@
-"""Backbones (one module per family) and weight readers (one module per format)."""
+"""Backbone families (roberta.py, llama.py), weight formats (hf.py, gguf.py), the family
+contract (family.py), the one prompt splice (splice.py) and the registry (registry.py)."""

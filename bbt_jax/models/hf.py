@@ -20,22 +20,25 @@ _HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json",
                  "vocab.json", "merges.txt", "special_tokens_map.json"]
 
 
-def resolve_checkpoint_dir(path_or_id: str) -> Path:
-    """Return a local directory for `path_or_id`, downloading a hub id if needed."""
+def resolve_checkpoint_dir(path_or_id: str, flag_value: str | None = None) -> Path:
+    """Return a local directory for `path_or_id`, downloading a hub id if needed.
+
+    `flag_value`: what the user typed for --model, if it differs (a preset name for a hub id)."""
+    flag_value = flag_value or path_or_id
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise UserError(f"--model {path_or_id}: is a file, expected a checkpoint directory")
+        raise UserError(f"--model {flag_value}: is a file, expected a checkpoint directory")
     if path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1:
-        raise UserError(f"--model {path_or_id}: no such directory")
+        raise UserError(f"--model {flag_value}: no such directory")
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(path_or_id, allow_patterns=_HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, auth...
         raise UserError(
-            f"--model {path_or_id}: not a local directory and the hub download failed "
+            f"--model {flag_value}: not a local directory and the hub download of {path_or_id} failed "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from None
 
@@ -108,3 +111,18 @@ def tokenizer_file(ckpt_dir: Path) -> Path | None:
 
 def is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+
+
+def load_tokenizer(path: str | Path | None, what: str):
+    """A `tokenizers.Tokenizer` from tokenizer.json; every problem is a one-line UserError."""
+    from tokenizers import Tokenizer
+
+    if not path:
+        raise UserError(f"--model {what}: no tokenizer.json found; pass --tokenizer")
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--tokenizer {path}: file not found")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:
+        raise UserError(f"--tokenizer {path}: unreadable tokenizer ({e})") from None

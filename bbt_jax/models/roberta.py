@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bbt_jax import tasks
 from bbt_jax.errors import UserError
-from bbt_jax.models import hf
+from bbt_jax.models import hf, splice
+from bbt_jax.models.family import Family, Layout
 from bbt_jax.types import TokenBatch
 
 _ALLOWED = frozenset({
@@ -75,6 +77,12 @@ _PRESETS = {
     "tiny": dict(vocab_size=50265, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=64),
 }
+
+
+# Random-weight models of the real shapes (timing only) and the real models' hub ids.
+RANDOM_PRESETS = {"random-roberta-base": "roberta-base", "random-roberta-large": "roberta-large", "tiny": "tiny"}
+HUB_IDS = {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large"}
+_SPLICE = {"add": "add", "cat": "replace"}  # bbt.py: "add" adds A z at the slots; "cat" writes the vectors
 
 
 def preset(name: str) -> RobertaConfig:
@@ -129,13 +137,6 @@ def _dense(x, p):
     return x @ p["kernel"] + _row(p["bias"], x)
 
 
-def slot_mask(prompt_start_B, n: int, length: int) -> jax.Array:
-    """bool BxL: True at the N prompt slots of every row."""
-    pos_L = jnp.arange(length)[None, :]
-    start_B1 = prompt_start_B[:, None]
-    return (pos_L >= start_B1) & (pos_L < start_B1 + n)
-
-
 def embed(config: RobertaConfig, params, input_ids_BxL, attention_mask_BxL, skip_BxL=None):
     """Embedding output (after LayerNorm). Position ids as HF: padding_idx + running count
     of real tokens; tokens in `skip_BxL` (cat slots) are not counted."""
@@ -145,25 +146,6 @@ def embed(config: RobertaConfig, params, input_ids_BxL, attention_mask_BxL, skip
     e = params["embeddings"]
     h = e["word"][input_ids_BxL] + e["position"][pos_BxL] + e["token_type"][0][None, None, :]
     return _layer_norm(h, e["ln"], config.layer_norm_eps)
-
-
-def _scatter_prompt(prompt_NxD, prompt_start_B, length: int):
-    """BxLxD tensor holding the prompt at each row's slots, zeros elsewhere."""
-    n = prompt_NxD.shape[0]
-    idx_BxL = jnp.arange(length)[None, :] - prompt_start_B[:, None]
-    inside_BxL = (idx_BxL >= 0) & (idx_BxL < n)
-    gathered = prompt_NxD[jnp.clip(idx_BxL, 0, n - 1)]
-    return jnp.where(inside_BxL[..., None], gathered, jnp.zeros_like(gathered)), inside_BxL
-
-
-def splice_prompt(h_BxLxD, prompt_NxD, prompt_start_B, placement: str):
-    """"add": h + p at the slots; "cat": the slots become p."""
-    full_BxLxD, inside_BxL = _scatter_prompt(prompt_NxD.astype(h_BxLxD.dtype), prompt_start_B, h_BxLxD.shape[1])
-    if placement == "add":
-        return h_BxLxD + full_BxLxD
-    if placement == "cat":
-        return jnp.where(inside_BxL[..., None], full_BxLxD, h_BxLxD)
-    raise ValueError(f"unknown placement {placement!r}")
 
 
 def _attention(config, p, h_BxLxD, bias_Bx1x1xL):
@@ -213,14 +195,15 @@ def head_at(config, params, h_BxLxD, answer_pos_B, rows_C=None):
 
 
 def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, placement="add"):
+    """Last hidden states; "add" adds the prompt at the slots, "cat" replaces them (no position)."""
+    mode = _SPLICE[placement]
     n, L = prompt_NxD.shape[0], batch.input_ids_BxL.shape[1]
-    slots_BxL = slot_mask(batch.prompt_start_B, n, L)
-    h = embed(config, params, batch.input_ids_BxL, batch.attention_mask_BxL,
-              slots_BxL if placement == "cat" else None)
-    h = splice_prompt(h, prompt_NxD, batch.prompt_start_B, placement)
+    skip_BxL = splice.slots(batch.prompt_start_B, n, L) if placement == "cat" else None
+    h = embed(config, params, batch.input_ids_BxL, batch.attention_mask_BxL, skip_BxL)
+    h = splice.splice(h, prompt_NxD, batch.prompt_start_B, mode)
     extra = None
     if layer_prompt_YxNxD is not None:
-        extra = jax.vmap(lambda p: _scatter_prompt(p.astype(h.dtype), batch.prompt_start_B, L)[0])(layer_prompt_YxNxD)
+        extra = splice.layer_additions(layer_prompt_YxNxD, batch.prompt_start_B, L, h.dtype)
     return encode(config, params, h, batch.attention_mask_BxL, extra)
 
 
@@ -278,3 +261,62 @@ def load(path_or_id: str) -> tuple[RobertaConfig, dict]:
     """A local checkpoint directory or a hub id (downloaded when online)."""
     ckpt = hf.resolve_checkpoint_dir(path_or_id)
     return from_hf(hf.read_config(ckpt), hf.read_state_dict(ckpt), str(ckpt / "config.json"))
+
+
+# ----------------------------------------------------------------------------- the family
+def make_vocab(tokenizer, config=None) -> tasks.Vocab:
+    """RoBERTa's <s>=0, <pad>=1, </s>=2, <mask> from the tokenizer."""
+    ids = {t: tokenizer.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<mask>")}
+    if None in ids.values():
+        missing = [k for k, v in ids.items() if v is None]
+        raise UserError(f"tokenizer: missing RoBERTa special tokens {missing}")
+    return tasks.Vocab(tokenizer, "masked", pad_id=ids["<pad>"], bos_id=ids["<s>"], eos_id=ids["</s>"],
+                       mask_id=ids["<mask>"])
+
+
+def _claims(name: str) -> bool:
+    return name in RANDOM_PRESETS or name in HUB_IDS
+
+
+def _load_named(name: str, tokenizer_path):
+    """A random-weight preset, or the real roberta-base/large from the hub (when online)."""
+    if name in HUB_IDS:
+        ckpt = hf.resolve_checkpoint_dir(HUB_IDS[name], flag_value=name)
+        config, params = load(str(ckpt))
+        tok = hf.load_tokenizer(tokenizer_path or hf.tokenizer_file(ckpt), name)
+        return config, params, tok, f"{HUB_IDS[name]} ({ckpt})", False
+    config = preset(RANDOM_PRESETS[name])
+    params = init_params(config, jax.random.PRNGKey(0))
+    return config, params, hf.load_tokenizer(tokenizer_path, name), f"preset:{name} (random weights)", True
+
+
+def _layout(task, vocab, placement: str, n_prompt: int, word_VxD) -> Layout:
+    """bbt.py's templates; p0 = 0 (the prompt is A z alone)."""
+    template = tasks.template_for(task, vocab, placement)
+    return Layout(placement=placement, template=template, n_prompt=n_prompt,
+                  p0=np.zeros((n_prompt, word_VxD.shape[1]), np.float32), splice=_SPLICE[placement])
+
+
+def _head_params(params, zero_head_bias: bool):
+    if not zero_head_bias:
+        return params
+    return {**params, "lm_head": {**params["lm_head"], "bias": jnp.zeros_like(params["lm_head"]["bias"])}}
+
+
+def _prepare(config, params, buckets, layout: Layout):
+    return tuple(buckets)
+
+
+def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
+    prompt_NxD, layers_YxNxD = splice.parts(prompt)
+    logits = [label_logits(config, params, b, verbalizer_C, prompt_NxD, layers_YxNxD, placement=layout.placement)
+              for b in inputs]
+    return jnp.concatenate(logits, axis=0)
+
+
+FAMILY = Family(
+    name="roberta", kind="masked", model_type="roberta", placements=tuple(_SPLICE),
+    presets={**{k: f"random weights of {v}'s shape (timing, tests)" for k, v in RANDOM_PRESETS.items()},
+             **{k: f"the real {k} ({v}), downloaded when online" for k, v in HUB_IDS.items()}},
+    claims=_claims, load_named=_load_named, load_checkpoint=lambda ckpt: load(str(ckpt)), make_vocab=make_vocab,
+    layout=_layout, head_params=_head_params, word_embeddings=word_embeddings, prepare=_prepare, score=_score)

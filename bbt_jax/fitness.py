@@ -1,0 +1,120 @@
+"""The fitness contract: a population of prompts -> (loss_P, metrics_P), built once.
+
+`Fitness` holds the frozen model and one split's prepared rows as pytree fields and the
+scorer, loss, metric and chunking as static fields, so it is an ordinary argument of any
+jitted function (the frozen weights are never baked into a compilation). Every method uses
+it: the ES search (through `problem.PromptProblem`, which adds the candidate -> prompt
+projection), dev/test scoring (`split_metrics`), the saved prompt's `bbt-jax eval`, and
+gradient baselines (`jax.grad` of `member`).
+
+evosax problems/vision/torchvision.py vmaps only over the candidates: the frozen params
+and the data are shared, unbatched arguments. With `chunk` > 0 the population runs that
+many members at a time inside the same computation (jax.lax.map with batch_size), which
+bounds peak memory by the chunk.
+
+Shape letters: see bbt_jax/types.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from bbt_jax.objective import accuracy, f1_binary, loss_and_metrics
+from bbt_jax.types import Prompt, TokenBatch
+
+# backbone.score: (frozen, prepared inputs, ONE prompt) -> logits_BxC
+ScoreFn = Callable[[Any, Any, Prompt], jax.Array]
+
+
+@struct.dataclass
+class EvalData:
+    """Prepared inputs of the scorer plus the targets of every row, in the scorer's row order."""
+
+    inputs: Any
+    labels_B: jax.Array
+    weight_B: jax.Array
+
+
+def make_eval_data(inputs, labels_B, weight_B) -> EvalData:
+    return EvalData(inputs, jnp.asarray(labels_B, jnp.int32), jnp.asarray(weight_B, jnp.float32))
+
+
+@struct.dataclass
+class Fitness:
+    """Loss and metrics of prompts on one split (see the module docstring).
+
+    Attributes:
+      frozen: the frozen model's pytree (params, verbalizer ids).
+      data: the split's prepared rows and targets.
+      score: the backbone's scorer for ONE prompt (static).
+      loss: "ce", "hinge" or "perf" (objective.py).
+      metric: "acc" or "f1".
+      chunk: members per `lax.map` step (0: one vmap over the whole population).
+    """
+
+    frozen: Any
+    data: EvalData
+    score: ScoreFn = struct.field(pytree_node=False)
+    loss: str = struct.field(pytree_node=False, default="ce")
+    metric: str = struct.field(pytree_node=False, default="acc")
+    chunk: int = struct.field(pytree_node=False, default=0)
+
+    def logits(self, prompt: Prompt) -> jax.Array:
+        """logits_BxC of one prompt on every row."""
+        return self.score(self.frozen, self.data.inputs, prompt)
+
+    def member(self, prompt: Prompt):
+        """(loss, metrics) of one prompt on the whole split; differentiable in the prompt."""
+        return loss_and_metrics(self.loss, self.metric, self.logits(prompt), self.data.labels_B, self.data.weight_B)
+
+    def __call__(self, candidates_P, decode: Callable[[Any], Prompt] | None = None):
+        """(loss_P, metrics_P) of a population: each member is `decode(candidate)` (default: a prompt itself)."""
+
+        def one(candidate):
+            return self.member(candidate if decode is None else decode(candidate))
+
+        size = jax.tree.leaves(candidates_P)[0].shape[0]
+        if self.chunk and self.chunk < size:
+            return jax.lax.map(one, candidates_P, batch_size=self.chunk)
+        return jax.vmap(one)(candidates_P)
+
+
+def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str = "ce", metric: str = "acc",
+                 chunk: int = 0) -> Fitness:
+    """Prepare the rows once (e.g. the decoder's input K/V cache) and bind them to the scorer."""
+    buckets = tuple(buckets)
+    inputs = _prepare(backbone, frozen, buckets)
+    labels_B = np.concatenate([np.asarray(b.labels_B) for b in buckets])
+    weight_B = np.concatenate([np.asarray(b.weight_B) for b in buckets])
+    return Fitness(frozen, make_eval_data(inputs, labels_B, weight_B), backbone.score, loss, metric, chunk)
+
+
+_prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, buckets), static_argnums=0)
+
+
+@jax.jit
+def population_logits(fitness: Fitness, prompts_P) -> jax.Array:
+    """logits_PxBxC of a few prompts (dev/test scoring)."""
+    return jax.vmap(fitness.logits)(prompts_P)
+
+
+def split_metrics(backbone, frozen, batches: Sequence[TokenBatch], prompts_P, metric: str) -> list[dict]:
+    """Metrics of P prompts in one pass over fixed-shape batches: each batch is prepared once (the
+    decoder's input cache) and shared by the P prompts; one host pull at the end."""
+    logits = [population_logits(make_fitness(backbone, frozen, (b,), metric=metric), prompts_P) for b in batches]
+    logits_PxBxC = np.concatenate(jax.device_get(logits), axis=1)
+    labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
+    weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])
+    outs = []
+    for logits_BxC in logits_PxBxC:
+        out = {"acc": float(accuracy(logits_BxC, labels_B, weight_B)), "rows": int(weight_B.sum())}
+        if metric == "f1":
+            out["f1"] = float(f1_binary(logits_BxC, labels_B, weight_B))
+        outs.append(out)
+    return outs

@@ -1,0 +1,130 @@
+"""One task bound to one model: task rows -> tokens -> fitness, and the projection of a seed.
+
+`build(cfg)` reads the splits (data.py), loads the model through the family registry
+(models/registry.py), lets the family lay the task out (template, N, p0, input cache), and
+encodes the rows (tasks.py). The `Harness` it returns hands out what every method needs:
+`fitness(split)` (the fitness contract), `projection()`, `problem(split)` (fitness +
+projection, the evosax-style problem), `search()` and the test batches. It holds no search
+state; train.py orchestrates a run from it.
+
+Shape letters: see bbt_jax/types.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from bbt_jax import data as data_lib
+from bbt_jax import tasks as tasks_lib
+from bbt_jax.config import Config
+from bbt_jax.errors import UserError
+from bbt_jax.fitness import Fitness, make_fitness
+from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
+from bbt_jax.models.registry import load
+from bbt_jax.problem import PromptProblem
+from bbt_jax.prompt import Projection, embedding_std, make_projection
+from bbt_jax.search import Search
+from bbt_jax.strategy import make_strategy
+from bbt_jax.types import Buckets, TokenBatch
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Harness:
+    """What stays fixed during a run (see the module docstring)."""
+
+    cfg: Config
+    task: tasks_lib.Task
+    model: LoadedModel
+    backbone: Backbone
+    verbalizer_C: np.ndarray
+    frozen: dict
+    encoded: dict  # split name -> list[tasks.Encoded]
+    _fitness: dict = dataclasses.field(default_factory=dict, repr=False)  # split -> prepared Fitness
+
+    @property
+    def layout(self):
+        return self.backbone.layout
+
+    @property
+    def keys(self) -> tuple[jax.Array, jax.Array]:
+        """(projection key, search key) of the run's seed."""
+        k_proj, k_search = jax.random.split(jax.random.PRNGKey(self.cfg.run.seed))
+        return k_proj, k_search
+
+    def buckets(self, split: str) -> Buckets:
+        """Fixed-shape length buckets of a split (train/dev: all run inside one compiled call)."""
+        return tasks_lib.make_buckets(self.encoded[split], self.model.vocab.pad_id,
+                                      num_buckets=self.cfg.prompt.num_buckets)
+
+    @functools.cached_property
+    def test_batches(self) -> list[TokenBatch]:
+        return tasks_lib.make_eval_batches(self.encoded["test"], self.model.vocab.pad_id,
+                                           batch_rows=self.cfg.run.eval_batch)
+
+    def fitness(self, split: str = "train") -> Fitness:
+        """The fitness contract on a split (prepared once): the run's loss and metric; the population
+        chunk on train."""
+        if split not in self._fitness:
+            s = self.cfg.search
+            self._fitness[split] = make_fitness(self.backbone, self.frozen, self.buckets(split), loss=s.loss,
+                                                metric=self.task.metric, chunk=s.pop_chunk if split == "train" else 0)
+        return self._fitness[split]
+
+    @functools.cached_property
+    def projection(self) -> Projection:
+        """bbt.py's projection: std from the word embeddings, A drawn from the seed's key, p0 from the layout."""
+        p = self.cfg.prompt
+        word_VxD = np.asarray(self.backbone.word_embeddings(self.model.params))
+        return make_projection(self.keys[0], intrinsic_dim=p.intrinsic_dim, p0_NxD=self.layout.p0,
+                               embed_std=embedding_std(word_VxD), alpha=p.alpha,
+                               sigma=p.proj_sigma or self.cfg.search.sigma, kind=p.random_proj)
+
+    def problem(self, split: str = "train", projection: Projection | None = None) -> PromptProblem:
+        return PromptProblem(self.fitness(split), self.projection if projection is None else projection)
+
+    def search(self) -> Search:
+        s = self.cfg.search
+        strategy = make_strategy(s.strategy, popsize=s.popsize, num_dims=self.cfg.prompt.intrinsic_dim,
+                                 sigma=s.sigma, es_params=s.es_params)
+        return Search(strategy, config=s)
+
+    def rows(self, split: str) -> int:
+        return len(self.encoded[split])
+
+
+def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
+    """train/dev/test examples of the run's task and split; empty or one-class train is an error."""
+    paths = data_lib.split_paths(Path(cfg.run.data_dir), task.name, cfg.run.k_shot, cfg.run.seed)
+    splits = {k: data_lib.read_jsonl(p, task.num_labels, pair=task.pair) for k, p in paths.items()}
+    data_lib.check_train_split(splits["train"], paths["train"], task.num_labels)
+    if not splits["dev"]:
+        raise UserError(f"{paths['dev']}: the dev split is empty")
+    if cfg.run.test_rows:
+        splits["test"] = splits["test"][:cfg.run.test_rows]
+    return splits
+
+
+def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: LoadedModel | None = None,
+          log: Callable = print) -> Harness:
+    """Everything a run needs, validated before any search starts."""
+    task = tasks_lib.get_task(cfg.run.task)
+    splits = read_splits(cfg, task)
+    model = model or load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
+    family, vocab = model.family, model.vocab
+    if cfg.prompt.placement not in family.placements:
+        kind = {"masked": "masked LMs", "causal": "decoder LMs"}[family.kind]
+        raise UserError(f"--placement {cfg.prompt.placement}: {kind} take one of {family.placements}")
+    word_VxD = np.asarray(family.word_embeddings(model.params))
+    layout = family.layout(task, vocab, cfg.prompt.placement, cfg.prompt.n_prompt_tokens, word_VxD)
+    verbalizer_C = tasks_lib.verbalizer_ids(task, vocab, leading_space=cfg.prompt.verbalizer_space)
+    encoded = {k: [tasks_lib.encode_example(r, task, vocab, layout.template, layout.n_prompt, cfg.prompt.max_length)
+                   for r in rows] for k, rows in splits.items()}
+    params = family.head_params(model.params, cfg.model.zero_lm_head_bias)
+    frozen = make_frozen(params, verbalizer_C, cfg.model.dtype)
+    return Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded)

@@ -1,0 +1,39 @@
+"""Files on disk: atomic writes and the ../shared lookup (nothing else touches paths this way).
+
+Every file a run writes (results, config, prompt, digests) goes through `write_bytes_atomic`:
+a temporary file in the same folder, fsync, rename, so a killed run never leaves a half file
+and never loses what was already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIRS = (Path("../shared"), REPO_ROOT.parent / "shared")
+
+
+def shared_path(rel: str) -> Path:
+    """A path under ../shared, relative to the working directory or to the repository."""
+    for base in SHARED_DIRS:
+        if (base / rel).exists():
+            return base / rel
+    return SHARED_DIRS[0] / rel
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a temporary file in the same folder, fsync it, then rename (never a half file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | Path, obj) -> None:
+    """JSON (indent 1, numpy scalars as floats) written atomically."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, default=float) + "\n").encode())

@@ -1,0 +1,116 @@
+"""The backbone-family contract: what a model family declares so that tasks, fitness and
+search never ask which family they run on.
+
+A `Family` (one per module: roberta.py, llama.py; registered in registry.py) declares its
+kind ("masked": answer at <mask>; "causal": answer after the last token), its presets,
+how it loads weights and builds its vocabulary, its prompt placements and how each lays a
+task out (`Layout`: template, N, p0, whether the decoder's shared input cache applies),
+what happens to its head bias, and its two pure functions:
+
+  prepare(config, params, buckets, layout) -> inputs   candidate-independent work, once per batch
+  score(config, params, inputs, verbalizer_C, prompt, layout) -> logits_BxC   ONE candidate
+
+`Backbone` binds a family to one config and layout; it is static (hashable), so it can be
+a static field of the jitted fitness.
+
+Shape letters: see bbt_jax/types.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("masked", "causal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How one task's prompt sits in one family's input.
+
+    Attributes:
+      placement: the family's placement name (e.g. "add", "cat", "cue").
+      template: the task template with {prompt} (and {mask} for masked LMs).
+      n_prompt: N, prompt slots per row.
+      p0: N x D initial prompt (A z is added to it), as a tuple-free numpy array.
+      suffix_len: > 0: the decoder's shared input cache applies and this many tokens
+        (N prompt slots + cue) run per candidate; 0: the whole row runs per candidate.
+      splice: "add" or "replace" (models/splice.py).
+    """
+
+    placement: str
+    template: str
+    n_prompt: int
+    p0: np.ndarray = dataclasses.field(compare=False, hash=False, repr=False)
+    suffix_len: int = 0
+    splice: str = "replace"
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """A backbone family: see the module docstring. Every field is a value or a function."""
+
+    name: str
+    kind: str
+    model_type: str  # HF config.json model_type this family converts
+    placements: tuple[str, ...]
+    presets: dict = dataclasses.field(hash=False, compare=False)  # name -> description
+    claims: Callable[[str], bool]  # whether a --model string (not a folder) is this family's
+    load_named: Callable  # (name, tokenizer_path) -> (config, params, tokenizer, source, random_weights)
+    load_checkpoint: Callable  # (ckpt_dir) -> (config, params)
+    make_vocab: Callable  # (tokenizer, config) -> tasks.Vocab
+    layout: Callable  # (task, vocab, placement, n_prompt, word_VxD) -> Layout
+    head_params: Callable  # (params, zero_head_bias: bool) -> params
+    word_embeddings: Callable  # params -> V x D
+    prepare: Callable  # (config, params, buckets, layout) -> inputs
+    score: Callable  # (config, params, inputs, verbalizer_C, prompt, layout) -> logits_BxC
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """Weights and vocabulary of one model, and where they came from."""
+
+    family: Family
+    config: Any
+    params: Any
+    vocab: Any  # tasks.Vocab
+    source: str
+    random_weights: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A family bound to one config and one layout (static and hashable)."""
+
+    family: Family
+    config: Any  # the family's frozen config dataclass
+    layout: Layout
+
+    def prepare(self, frozen, buckets) -> tuple:
+        """Candidate-independent work, done once per batch (e.g. the decoder's input K/V cache)."""
+        return self.family.prepare(self.config, frozen["params"], tuple(buckets), self.layout)
+
+    def score(self, frozen, inputs, prompt) -> jax.Array:
+        """Verbalizer logits (B x C, float32) of ONE candidate prompt over every prepared bucket."""
+        dtype = self.family.word_embeddings(frozen["params"]).dtype
+        prompt = jax.tree.map(lambda p: p.astype(dtype), prompt)
+        logits = self.family.score(self.config, frozen["params"], inputs, frozen["verbalizer"], prompt, self.layout)
+        return logits.astype(jnp.float32)
+
+    def word_embeddings(self, params) -> jax.Array:
+        return self.family.word_embeddings(params)
+
+
+def make_frozen(params, verbalizer_C, dtype: str = "float32") -> dict:
+    """The frozen argument of every scorer: params cast to the compute dtype, verbalizer ids."""
+    dt = jnp.dtype(dtype)
+    params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return {"params": params, "verbalizer": jnp.asarray(verbalizer_C, jnp.int32)}
