@@ -1,7 +1,8 @@
 """Read the few-shot task data (JSONL, one schema) with clear errors.
 
 Schema per line: {"text": str, "text_pair": str | null, "label": int}.
-Layout: <data_dir>/<task>/k-shot/<k>-<seed>/{train,dev}.jsonl and <task>/test.jsonl.
+Layout: <data_dir>/<task>/k-shot/<k>-<seed>/{train,dev}.jsonl, <task>/bbt-seed42/{train,dev}.jsonl
+and <task>/test.jsonl.
 """
 
 from __future__ import annotations
@@ -52,12 +53,31 @@ def read_jsonl(path: Path, num_labels: int, *, pair: bool) -> list[Example]:
     return rows
 
 
-def split_paths(data_dir: Path, task: str, k_shot: int, seed: int) -> dict[str, Path]:
-    """Paths of the train/dev/test files of one task and few-shot seed."""
+SPLITS = ("k-shot", "bbt-seed42")
+
+
+def split_paths(data_dir: Path, task: str, k_shot: int, seed: int, *, split: str = "k-shot") -> dict[str, Path]:
+    """Paths of the train/dev/test files of one task and few-shot split.
+
+    split="k-shot": <task>/k-shot/<k_shot>-<seed>/ (LM-BFF-style splits, seeds 13 21 42 87 100).
+    split="bbt-seed42": <task>/bbt-seed42/, the 16-shot seed-42 split aligned with the
+    BBT paper (BBT-RGB); k_shot must be 16, and `seed` does not pick the data (it
+    still seeds A and CMA-ES, so several search seeds can run on the paper's split).
+    Test is <task>/test.jsonl for both. A missing split folder is a UserError naming it.
+    """
     root = Path(data_dir)
     if not root.is_dir():
         raise UserError(f"--data-dir {root}: no such directory (the task data live in ../shared/data)")
-    shot = root / task / "k-shot" / f"{k_shot}-{seed}"
+    if split == "k-shot":
+        shot = root / task / "k-shot" / f"{k_shot}-{seed}"
+    elif split == "bbt-seed42":
+        if k_shot != 16:
+            raise UserError(f"--split bbt-seed42: is a 16-shot split; got --k-shot {k_shot}")
+        shot = root / task / "bbt-seed42"
+    else:
+        raise UserError(f"--split {split}: choose from {', '.join(SPLITS)}")
+    if not shot.is_dir():
+        raise UserError(f"{shot}: no such split folder (--split {split}, task {task})")
     return {"train": shot / "train.jsonl", "dev": shot / "dev.jsonl", "test": root / task / "test.jsonl"}
 
 

@@ -217,6 +217,12 @@ class Encoded:
 def encode_example(ex: Example, task: Task, vocab: Vocab, template: str, n_prompt: int,
                    max_length: int) -> Encoded:
     """Tokenize one example; truncate the input text (never template or prompt)."""
+    return _encode(ex, task, vocab, template, n_prompt, max_length)[0]
+
+
+def _encode(ex: Example, task: Task, vocab: Vocab, template: str, n_prompt: int,
+            max_length: int) -> tuple[Encoded, int]:
+    """encode_example, plus the row's length before truncation."""
     pieces = _pieces(template)
     texts = {}
     for kind, name in pieces:
@@ -227,6 +233,7 @@ def encode_example(ex: Example, task: Task, vocab: Vocab, template: str, n_promp
     fixed = sum(len(vocab.encode(s)) for k, s in pieces if k == "lit")
     fixed += n_prompt + (vocab.mask_id is not None and vocab.kind == "masked")
     fixed += (vocab.bos_id is not None) + (vocab.eos_id is not None)
+    full_length = fixed + sum(len(t) for t in texts.values())
     budget = max_length - fixed
     if budget < 1:
         raise UserError(f"--max-length {max_length}: too short for the template and {n_prompt} prompt tokens "
@@ -255,7 +262,70 @@ def encode_example(ex: Example, task: Task, vocab: Vocab, template: str, n_promp
         answer_pos = len(ids) - 1
     if prompt_start < 0 or answer_pos < 0:
         raise UserError(f"template {template!r}: needs {{prompt}} and an answer position")
-    return Encoded(ids, prompt_start, answer_pos, ex.label)
+    return Encoded(ids, prompt_start, answer_pos, ex.label), full_length
+
+
+OVERFLOWS = ("truncate", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedSplit:
+    """The encoded rows of one split and what happened to over-long rows.
+
+    Attributes:
+      rows: the encoded rows, in input order (dropped rows left out).
+      dropped: rows left out ("drop": longer than the limit under bbt.py's rule).
+      truncated: kept rows whose input text was cut to fit `max_length`.
+    """
+
+    rows: list[Encoded]
+    dropped: int
+    truncated: int
+
+
+def original_length(ex: Example, task: Task, vocab: Vocab, template: str, n_prompt: int) -> int:
+    """The row length that Black-Box-Tuning compares with 512 (dataloaders/dataloader.py).
+
+    bbt.py's loaders build one string and keep a row iff
+    `len(tokenizer(input_text)["input_ids"]) <= 512`: the whole string tokenized with
+    <s> ... </s>, never truncated. In "add" mode the string starts with the prompt as
+    text, `tokenizer.decode(range(1000, 1000 + N))` (re-tokenized, so not always N
+    tokens); in "cat" mode the loader is built with n_prompt_tokens=0, so the string has
+    no prompt at all and the N prompt vectors are not counted. Masked LMs only; for a
+    causal LM (our own templates) this is the untruncated length of our encoding.
+    """
+    if vocab.kind != "mlm":
+        return _encode(ex, task, vocab, template, n_prompt, 10**9)[1]
+    cat = template == template_for(task, vocab, "cat")
+    prompt = "" if cat else vocab.tokenizer.decode(list(range(PLACEHOLDER_OFFSET, PLACEHOLDER_OFFSET + n_prompt)))
+    mask = vocab.tokenizer.id_to_token(vocab.mask_id)
+    s = template.format(prompt=prompt, mask=mask, text=task.clean(ex.text),
+                        text_pair=task.clean(ex.text_pair or ""))
+    return len(vocab.tokenizer.encode(s, add_special_tokens=True).ids)
+
+
+def encode_split(examples: Sequence[Example], task: Task, vocab: Vocab, template: str, n_prompt: int,
+                 max_length: int, *, overflow: str = "truncate") -> EncodedSplit:
+    """Encode a split; over-long rows are truncated or dropped.
+
+    overflow="truncate": every row is kept; where it is longer than `max_length` its
+      input text is cut (never template or prompt) and it is counted as truncated.
+    overflow="drop": bbt.py's rule, rows whose `original_length` exceeds `max_length`
+      (512 in bbt.py) are left out and counted as dropped. A kept row is never cut
+      unless our encoding is longer than bbt.py's string ("cat" mode adds the N prompt
+      slots); such rows are truncated to `max_length` and counted as truncated.
+    """
+    if overflow not in OVERFLOWS:
+        raise UserError(f"--overflow {overflow}: choose from {OVERFLOWS}")
+    rows, dropped, truncated = [], 0, 0
+    for ex in examples:
+        if overflow == "drop" and original_length(ex, task, vocab, template, n_prompt) > max_length:
+            dropped += 1
+            continue
+        enc, full = _encode(ex, task, vocab, template, n_prompt, max_length)
+        truncated += full > max_length
+        rows.append(enc)
+    return EncodedSplit(rows, dropped, truncated)
 
 
 def verbalizer_ids(task: Task, vocab: Vocab, *, leading_space: bool = False) -> np.ndarray:
@@ -328,13 +398,58 @@ def make_buckets(rows: Sequence[Encoded], pad_id: int, *, num_buckets: int = 1,
 
 
 def make_eval_batches(rows: Sequence[Encoded], pad_id: int, *, batch_rows: int = 32,
-                      multiple: int = 16) -> list[TokenBatch]:
-    """Fixed-size batches for dev/test scoring, sorted by length (few distinct shapes)."""
+                      multiple: int = 16, num_buckets: int = 0) -> list[TokenBatch]:
+    """Fixed-size batches for dev/test scoring, sorted by length (few distinct shapes).
+
+    Rows are sorted by length and cut into chunks of `batch_rows` (the last one filled
+    with weight-0 rows). num_buckets=0: each chunk is padded to its own longest row,
+    rounded up to `multiple` (one compiled shape per distinct length). num_buckets=n > 0:
+    at most n distinct lengths, chosen among the chunks' own lengths to minimise the
+    padded tokens (`bucket_limits`); each chunk is padded to the smallest that holds it.
+    """
+    if num_buckets < 0:
+        raise UserError(f"--eval-buckets {num_buckets}: must be >= 0")
     order = sorted(rows, key=lambda r: len(r.ids))
-    return [
-        pad_batch(chunk, _round_up(max(len(r.ids) for r in chunk), multiple), pad_id, batch_rows)
-        for chunk in (order[i:i + batch_rows] for i in range(0, len(order), batch_rows))
-    ]
+    chunks = [order[i:i + batch_rows] for i in range(0, len(order), batch_rows)]
+    lengths = [_round_up(max(len(r.ids) for r in c), multiple) for c in chunks]
+    if num_buckets:
+        limits = bucket_limits(lengths, num_buckets)
+        lengths = [next(b for b in limits if b >= L) for L in lengths]
+    return [pad_batch(c, L, pad_id, batch_rows) for c, L in zip(chunks, lengths)]
+
+
+def bucket_limits(lengths: Sequence[int], num_buckets: int) -> list[int]:
+    """At most `num_buckets` limits, the largest = max(lengths), that minimise the sum
+    over items of (smallest limit >= length): an exact dynamic programme over the
+    distinct lengths (each bucket is a contiguous run of them; its limit is its last)."""
+    if not lengths:
+        return []
+    values = sorted(set(lengths))
+    counts = [sum(1 for L in lengths if L == v) for v in values]
+    m, k = len(values), min(num_buckets, len(values))
+    before = np.concatenate([[0], np.cumsum(counts)])  # items with length < values[j]
+    INF = float("inf")
+    # cost[b][j]: least padded sum for the first j values in b buckets; back[b][j]: start of the last bucket
+    cost = [[INF] * (m + 1) for _ in range(k + 1)]
+    back = [[0] * (m + 1) for _ in range(k + 1)]
+    cost[0][0] = 0
+    for b in range(1, k + 1):
+        for j in range(1, m + 1):
+            for i in range(j):  # last bucket holds values[i:j], padded to values[j - 1]
+                c = cost[b - 1][i] + values[j - 1] * (before[j] - before[i])
+                if c < cost[b][j]:
+                    cost[b][j], back[b][j] = c, i
+    b = min(range(1, k + 1), key=lambda b: cost[b][m])
+    limits, j = [], m
+    while j > 0:
+        limits.append(values[j - 1])
+        j, b = back[b][j], b - 1
+    return sorted(limits)
+
+
+def padded_tokens(batches: Sequence[TokenBatch]) -> int:
+    """Token positions computed, padding included (rows x length, summed over batches)."""
+    return int(sum(np.asarray(b.input_ids_BxL).size for b in batches))
 
 
 def real_tokens(batches: Sequence[TokenBatch]) -> int:

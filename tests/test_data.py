@@ -59,3 +59,34 @@ def test_empty_and_one_class_train(tmp_path):
     rows = read_jsonl(_write(tmp_path, '{"text": "a", "label": 1}\n{"text": "b", "label": 1}\n'), 2, pair=False)
     with pytest.raises(UserError, match="single class"):
         check_train_split(rows, p, 2)
+
+
+@pytest.mark.parametrize("task,n_train,n_dev,pair", [("sst2", 32, 32, False), ("snli", 48, 48, True),
+                                                     ("dbpedia", 224, 224, False)])
+def test_bbt_seed42_split_reads_real_data(data_dir, task, n_train, n_dev, pair):
+    import json
+    labels = json.loads((data_dir / "labels.json").read_text())[task]
+    paths = split_paths(data_dir, task, 16, 42, split="bbt-seed42")
+    assert paths["train"] == data_dir / task / "bbt-seed42" / "train.jsonl"
+    assert paths["dev"] == data_dir / task / "bbt-seed42" / "dev.jsonl"
+    assert paths["test"] == data_dir / task / "test.jsonl"
+    train = read_jsonl(paths["train"], len(labels), pair=pair)
+    dev = read_jsonl(paths["dev"], len(labels), pair=pair)
+    assert (len(train), len(dev)) == (n_train, n_dev)
+    # a different split from the LM-BFF seed-42 one (BBT-RGB's paper-aligned rows)
+    kshot = read_jsonl(split_paths(data_dir, task, 16, 42)["train"], len(labels), pair=pair)
+    assert {r.text for r in train} != {r.text for r in kshot}
+    # the data seed is fixed: any search seed reads the same folder
+    assert split_paths(data_dir, task, 16, 13, split="bbt-seed42") == paths
+
+
+def test_split_selection_errors(data_dir, tmp_path):
+    with pytest.raises(UserError, match=r"sst2/k-shot/16-7: no such split folder"):
+        split_paths(data_dir, "sst2", 16, 7)
+    (tmp_path / "sst2" / "k-shot" / "16-13").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"sst2/bbt-seed42: no such split folder \(--split bbt-seed42"):
+        split_paths(tmp_path, "sst2", 16, 42, split="bbt-seed42")
+    with pytest.raises(UserError, match="16-shot"):
+        split_paths(data_dir, "sst2", 8, 42, split="bbt-seed42")
+    with pytest.raises(UserError, match="choose from k-shot, bbt-seed42"):
+        split_paths(data_dir, "sst2", 16, 42, split="bbt")

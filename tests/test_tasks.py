@@ -100,11 +100,18 @@ def test_colliding_verbalizer_is_an_error(vocab):
 
 def test_truncates_text_never_template(vocab):
     task = T.TASKS["sst2"]
-    ex = Example(" ".join(["word"] * 400), None, 1)
+    text = " ".join(f"w{i}" for i in range(400))  # distinct pieces: a wrong cut point shows
+    ex = Example(text, None, 1)
     enc = T.encode_example(ex, task, vocab, T.template_for(task, vocab, "add"), 50, 64)
-    assert len(enc.ids) == 64
-    assert enc.ids[1:51] == list(range(1000, 1050))
-    assert enc.ids[-4:] == [85, 21, 50264, 479, 2][-4:] or enc.ids[-3:] == [50264, 479, 2]
+    # "{prompt} . {text} . It was {mask} .": head and tail literals built piece by piece here
+    head = [vocab.bos_id] + list(range(1000, 1050)) + vocab.encode(" .")
+    tail = vocab.encode(" . It was") + [vocab.mask_id] + vocab.encode(" .") + [vocab.eos_id]
+    assert head == [0, *range(1000, 1050), 479] and tail == [479, 85, 21, 50264, 479, 2]
+    text_ids = vocab.encode(" " + text)
+    kept = 64 - len(head) - len(tail)
+    assert 0 < kept < len(text_ids)  # the text really was cut, and not to nothing
+    assert enc.ids == head + text_ids[:kept] + tail  # prompt slots, every literal token, text prefix
+    assert enc.prompt_start == 1 and enc.answer_pos == 64 - 3
     assert enc.ids[enc.answer_pos] == 50264
     with pytest.raises(UserError, match="max-length"):
         T.encode_example(ex, task, vocab, T.template_for(task, vocab, "add"), 50, 40)
@@ -184,3 +191,126 @@ def test_decoder_templates_layout(placement, smollm2_vocab):
     assert enc.answer_pos == len(enc.ids) - 1
     if placement == "cue":
         assert enc.prompt_start + 3 == len(enc.ids)
+
+
+# ---- over-long rows: bbt.py drops rows whose whole tokenized string is longer than 512 ----
+
+def _bbt_length(tokenizer, task, text, n_prompt, cat=False):
+    """bbt.py dataloader.py: len(tokenizer(input_text)['input_ids']) of its '%s . %s . It was %s .' string,
+    prompt = tokenizer.decode(range(1000, 1000 + N)); cat mode builds the loader with N = 0 (no prompt)."""
+    assert task.name == "sst2"
+    if cat:
+        s = "%s . It was %s ." % (text, "<mask>")
+    else:
+        s = "%s . %s . It was %s ." % (tokenizer.decode(list(range(1000, 1000 + n_prompt))), text, "<mask>")
+    return len(tokenizer.encode(s).ids)  # with <s> ... </s>, never truncated
+
+
+def _words(n):
+    return " ".join(["word"] * n)  # " word" is one token
+
+
+@pytest.mark.parametrize("placement", ["add", "cat"])
+def test_drop_removes_exactly_rows_over_bbt_limit(vocab, roberta_tokenizer, placement):
+    task = T.TASKS["sst2"]
+    cat = placement == "cat"
+    tpl = T.template_for(task, vocab, placement)
+    base = _bbt_length(roberta_tokenizer, task, _words(1), 50, cat) - 1
+    sizes = [5, 512 - base - 1, 512 - base, 512 - base + 1, 700]  # bbt lengths: short, 511, 512, 513, long
+    exs = [Example(_words(n), None, i % 2) for i, n in enumerate(sizes)]
+    assert [_bbt_length(roberta_tokenizer, task, e.text, 50, cat) for e in exs][1:4] == [511, 512, 513]
+    assert [T.original_length(e, task, vocab, tpl, 50) for e in exs] == [
+        _bbt_length(roberta_tokenizer, task, e.text, 50, cat) for e in exs]
+    out = T.encode_split(exs, task, vocab, tpl, 50, 512, overflow="drop")
+    assert out.dropped == 2  # 513 and the long one; bbt.py keeps `<= 512`
+    assert [r.label for r in out.rows] == [0, 1, 0]
+    want = [T.encode_example(e, task, vocab, tpl, 50, 10**6).ids for e in exs[:3]]
+    if not cat:  # add: our row is bbt.py's row, never cut
+        assert [r.ids for r in out.rows] == want and out.truncated == 0
+        assert [len(r.ids) for r in out.rows] == [base + 5, 511, 512]
+    else:  # cat: bbt.py does not count the N prompt vectors; ours do, so kept rows are cut to 512
+        assert [len(r.ids) for r in out.rows] == [base + 5 + 50, 512, 512] and out.truncated == 2
+        assert out.rows[0].ids == want[0]
+
+
+def test_drop_uses_bbt_retokenized_prompt_length(vocab, roberta_tokenizer):
+    """decode(range(1000, 1100)) re-tokenizes to 99 tokens: bbt.py's row is one shorter than ours."""
+    task = T.TASKS["sst2"]
+    tpl = T.template_for(task, vocab, "add")
+    assert len(vocab.encode(roberta_tokenizer.decode(list(range(1000, 1100))))) == 99
+    ours = T.encode_example(Example(_words(1), None, 0), task, vocab, tpl, 100, 10**6)
+    ex = Example(_words(1 + 513 - len(ours.ids)), None, 0)  # our length 513, bbt.py's 512
+    assert T.original_length(ex, task, vocab, tpl, 100) == 512
+    out = T.encode_split([ex], task, vocab, tpl, 100, 512, overflow="drop")
+    assert (len(out.rows), out.dropped, out.truncated) == (1, 0, 1)
+
+
+def test_truncate_keeps_and_counts_long_rows(vocab):
+    task = T.TASKS["rte"]
+    tpl = T.template_for(task, vocab, "add")
+    exs = [Example("short", "pair", 0), Example(_words(600), "pair", 1), Example("a b", _words(300), 0),
+           Example(_words(30), _words(30), 1)]
+    out = T.encode_split(exs, task, vocab, tpl, 50, 256)
+    assert (len(out.rows), out.dropped, out.truncated) == (4, 0, 2)
+    assert [len(r.ids) for r in out.rows][1:3] == [256, 256]
+    assert [r.ids for r in out.rows] == [T.encode_example(e, task, vocab, tpl, 50, 256).ids for e in exs]
+    drop = T.encode_split(exs, task, vocab, tpl, 50, 256, overflow="drop")
+    assert (len(drop.rows), drop.dropped, drop.truncated) == (2, 2, 0)
+    with pytest.raises(UserError, match="overflow"):
+        T.encode_split(exs, task, vocab, tpl, 50, 256, overflow="cut")
+
+
+# ---- dev/test scoring with at most num_buckets distinct lengths ----
+
+def _rows_of_lengths(lengths):
+    # row i: ids unique to it (i * 1000 + position), answer at position 1
+    return [T.Encoded([i * 1000 + j for j in range(n)], 0, 1, i % 3) for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("num_buckets", [1, 2, 3, 5])
+def test_eval_buckets_bound_shapes_and_keep_every_row(num_buckets):
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(5, 60, 150), rng.integers(100, 400, 23)]).tolist()
+    rows = _rows_of_lengths(lengths)
+    batches = T.make_eval_batches(rows, pad_id=-1, batch_rows=8, multiple=16, num_buckets=num_buckets)
+    shapes = {b.input_ids_BxL.shape for b in batches}
+    assert len(shapes) <= num_buckets and all(s[0] == 8 for s in shapes)
+    assert all(s[1] % 16 == 0 for s in shapes)
+    seen = []
+    for b in batches:
+        ids, mask, w = (np.asarray(x) for x in (b.input_ids_BxL, b.attention_mask_BxL, b.weight_B))
+        for i in range(8):
+            if w[i] == 0:  # padding row: never counted, never a real row
+                assert b.labels_B[i] == 0 and mask[i].sum() == 1
+                continue
+            assert w[i] == 1
+            n = int(mask[i].sum())
+            row = rows[int(ids[i, 0]) // 1000]
+            assert ids[i, :n].tolist() == row.ids and (ids[i, n:] == -1).all()
+            assert b.labels_B[i] == row.label and b.answer_pos_B[i] == 1
+            seen.append(int(ids[i, 0]) // 1000)
+    assert sorted(seen) == list(range(len(rows)))  # every real row exactly once
+    assert sum(float(np.asarray(b.weight_B).sum()) for b in batches) == len(rows)
+    assert len(batches) * 8 - len(rows) == sum(int((np.asarray(b.weight_B) == 0).sum()) for b in batches)
+    assert T.real_tokens(batches) == sum(lengths)
+    # more buckets never pad more; 0 is the per-chunk behaviour
+    per_chunk = T.make_eval_batches(rows, pad_id=-1, batch_rows=8, multiple=16, num_buckets=0)
+    assert T.padded_tokens(per_chunk) <= T.padded_tokens(batches)
+    assert [b.input_ids_BxL.shape[1] for b in per_chunk] == [
+        -(-max(len(r.ids) for r in c) // 16) * 16
+        for c in (sorted(rows, key=lambda r: len(r.ids))[i:i + 8] for i in range(0, len(rows), 8))]
+
+
+def test_bucket_limits_minimise_padding():
+    import itertools
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        lengths = rng.choice([16, 32, 48, 64, 128, 256, 512], size=int(rng.integers(1, 12))).tolist()
+        values = sorted(set(lengths))
+        for n in (1, 2, 3):
+            limits = T.bucket_limits(lengths, n)
+            assert len(limits) <= n and limits[-1] == max(lengths)
+            cost = sum(min(b for b in limits if b >= L) for L in lengths)
+            best = min(sum(min(b for b in (*c, values[-1]) if b >= L) for L in lengths)
+                       for k in range(n) for c in itertools.combinations(values[:-1], k))
+            assert cost == best
