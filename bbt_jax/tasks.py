@@ -294,7 +294,7 @@ def original_length(ex: Example, task: Task, vocab: Vocab, template: str, n_prom
     no prompt at all and the N prompt vectors are not counted. Masked LMs only; for a
     causal LM (our own templates) this is the untruncated length of our encoding.
     """
-    if vocab.kind != "mlm":
+    if vocab.kind != "masked":
         return _encode(ex, task, vocab, template, n_prompt, 10**9)[1]
     cat = template == template_for(task, vocab, "cat")
     prompt = "" if cat else vocab.tokenizer.decode(list(range(PLACEHOLDER_OFFSET, PLACEHOLDER_OFFSET + n_prompt)))

@@ -214,15 +214,15 @@ def test_nonfinite_losses_are_never_selected_and_reported_once(data, tmp_path, c
     others stay finite. The selected prompt must be a finite one, and the warning printed once."""
     import jax.numpy as jnp
 
-    from bbt_jax import evaluate
+    from bbt_jax import prompt
 
-    real = evaluate.prompt_from_z
+    real = prompt.prompt_from_z
 
     def poisoned(proj, z_K):
         prompt = real(proj, z_K)
         return jnp.where(z_K[0] > 0, jnp.nan, prompt)
 
-    monkeypatch.setattr(evaluate, "prompt_from_z", poisoned)
+    monkeypatch.setattr(prompt, "prompt_from_z", poisoned)
     out = tmp_path / "out"
     assert cli.main(train_argv(data, out, "--budget", "32")) == 0
     stdout = capsys.readouterr().out

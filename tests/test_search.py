@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from bbt_jax.config import SearchConfig
-from bbt_jax.evaluate import make_eval_data
+from bbt_jax.fitness import Fitness, make_eval_data
+from bbt_jax.problem import PromptProblem
 from bbt_jax.prompt import make_projection
 from bbt_jax.search import NONFINITE_LOSS, Search
+from bbt_jax.strategy import make_strategy
 
 K, C, D, B = 6, 3, 5, 24
 
@@ -31,15 +33,24 @@ def toy_problem(seed=0, nan_rows=False):
     return frozen, proj, data
 
 
+def as_problem(frozen, proj, data, score=toy_score, loss="ce"):
+    """The toy scorer behind the fitness contract, with its projection (train = dev here)."""
+    return PromptProblem(Fitness(frozen, data, score, loss, "acc"), proj)
+
+
+def search_for(cfg: SearchConfig, mesh=None) -> Search:
+    strategy = make_strategy(cfg.strategy, popsize=cfg.popsize, num_dims=K, sigma=cfg.sigma, es_params=cfg.es_params)
+    return Search(strategy, config=cfg, mesh=mesh)
+
+
 def make_search(**kw):
-    cfg = SearchConfig(**{"popsize": 8, "budget": 8 * 13, "eval_every": 24, "sigma": 1.0, **kw})
-    return Search(toy_score, metric="acc", config=cfg, intrinsic_dim=K)
+    return search_for(SearchConfig(**{"popsize": 8, "budget": 8 * 13, "eval_every": 24, "sigma": 1.0, **kw}))
 
 
 def test_cma_lowers_loss_and_intervals_cover_budget():
-    frozen, proj, data = toy_problem()
+    p = as_problem(*toy_problem())
     s = make_search()
-    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    state, hist = s.run(p, p, s.init(jax.random.PRNGKey(0)))
     assert len(hist) == 13 and hist[-1]["calls"] == 104  # 13 generations, last interval partial
     assert s.num_intervals == 5 and int(state.generation) == 13
     assert min(h["best_loss"] for h in hist[-3:]) < hist[0]["best_loss"]
@@ -47,41 +58,40 @@ def test_cma_lowers_loss_and_intervals_cover_budget():
 
 
 def test_no_recompilation_after_first_interval():
-    frozen, proj, data = toy_problem()
+    p = as_problem(*toy_problem())
     s = make_search()
-    s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    s.run(p, p, s.init(jax.random.PRNGKey(0)))
     assert s.interval._cache_size() == 1  # five intervals, incl. the shorter last one, one compile
 
 
 def test_one_host_pull_per_interval_and_no_transfers_inside(monkeypatch):
-    frozen, proj, data = toy_problem()
+    p = as_problem(*toy_problem())
     s = make_search()
     state = s.init(jax.random.PRNGKey(0))
     es_params = s.es_params()
-    s.interval(frozen, proj, data, data, es_params, state)  # compile outside the guard
+    s.interval(p, p, es_params, state)  # compile outside the guard
     with jax.transfer_guard("disallow"):
-        out_state, out = s.interval(frozen, proj, data, data, es_params, state)
+        out_state, out = s.interval(p, p, es_params, state)
     calls = []
     real = jax.device_get
     monkeypatch.setattr(jax, "device_get", lambda x: calls.append(1) or real(x))
-    s.run(frozen, proj, data, data, state)
+    s.run(p, p, state)
     assert len(calls) == s.num_intervals
 
 
 def test_same_seed_same_result_and_matches_manual_loop():
     """The scanned interval equals generations run one by one through ask/eval/tell."""
-    frozen, proj, data = toy_problem()
+    problem = as_problem(*toy_problem())
     s = make_search(budget=8 * 3, eval_every=24)
     state0 = s.init(jax.random.PRNGKey(5))
-    state, _ = s.run(frozen, proj, data, data, state0)
-    from bbt_jax.evaluate import population_fitness
+    state, _ = s.run(problem, problem, state0)
     st, p = state0, s.es_params()
     key = st.key
     with jax.numpy_rank_promotion("allow"):
         for _ in range(3):
             key, k_ask, k_tell = jax.random.split(key, 3)
             z, es = s.es.ask(k_ask, st.es_state, p)
-            loss, _ = population_fitness(toy_score, "ce", "acc", frozen, proj, z, data)
+            loss, _ = problem(z)
             es, _ = s.es.tell(k_tell, z, loss, es, p)
             st = st.replace(es_state=es)
     np.testing.assert_allclose(np.asarray(state.es_state.mean), np.asarray(st.es_state.mean), rtol=1e-5, atol=1e-6)
@@ -95,9 +105,9 @@ def test_nonfinite_losses_never_best():
         # candidates whose first prompt entry is positive produce NaN
         return jnp.where(prompt_CxD[0, 0] > 0, jnp.nan, logits)
 
-    cfg = SearchConfig(popsize=8, budget=8 * 6, eval_every=16)
-    s = Search(nan_score, metric="acc", config=cfg, intrinsic_dim=K)
-    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(1)))
+    s = search_for(SearchConfig(popsize=8, budget=8 * 6, eval_every=16))
+    p = as_problem(frozen, proj, data, score=nan_score)
+    state, hist = s.run(p, p, s.init(jax.random.PRNGKey(1)))
     assert int(state.nonfinite) > 0
     assert all(np.isfinite(h["best_loss"]) and h["best_loss"] < NONFINITE_LOSS for h in hist)
     assert np.isfinite(float(state.best_train_loss))
@@ -106,17 +116,17 @@ def test_nonfinite_losses_never_best():
 
 
 def test_dev_init_scores_z0_first():
-    frozen, proj, data = toy_problem()
+    p = as_problem(*toy_problem())
     s = make_search()
     state = s.init(jax.random.PRNGKey(0))
-    state, m = s.dev_init(frozen, proj, data, state)
+    state, m = s.dev_init(p, state)
     assert float(state.best_dev_perf) == float(m["dev_perf"])
     assert int(state.best_dev_generation) == 0 and not np.any(np.asarray(state.best_dev_z_K))
 
 
 def test_sep_cma_and_bound():
-    frozen, proj, data = toy_problem()
+    p = as_problem(*toy_problem())
     s = make_search(strategy="sep_cma_es", bound=0.1)
-    state, hist = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)))
+    state, hist = s.run(p, p, s.init(jax.random.PRNGKey(0)))
     assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.1 + 1e-7
     assert len(hist) == 13
