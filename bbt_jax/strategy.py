@@ -39,7 +39,8 @@ def canonical(name: str) -> str:
     for known in STRATEGIES:
         if known.lower() == key:
             return known
-    raise UserError(f"--strategy {name}: unknown strategy (choose from {', '.join(sorted(STRATEGIES, key=str.lower))})")
+    choices = ", ".join(sorted(k.lower() for k in STRATEGIES))
+    raise UserError(f"--strategy {name}: choose from {choices} (evosax's distribution-based algorithms, case ignored)")
 
 
 def parse_overrides(text: str) -> dict[str, float]:

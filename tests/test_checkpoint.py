@@ -18,9 +18,11 @@ import pytest
 from bbt_jax import config as config_lib
 from bbt_jax.checkpoint import Checkpointer, due
 from bbt_jax.errors import UserError
-from bbt_jax.evaluate import make_eval_data
+from bbt_jax.fitness import Fitness, make_eval_data
+from bbt_jax.problem import PromptProblem
 from bbt_jax.prompt import make_projection
 from bbt_jax.search import Search, SearchState
+from bbt_jax.strategy import make_strategy
 
 K, C, D, B = 5, 3, 4, 20
 
@@ -36,7 +38,7 @@ def problem():
     y = np.argmax(x @ rng.normal(size=(C, D)).T, -1).astype(np.int32)
     data = make_eval_data((jnp.asarray(x),), y, np.ones(B, np.float32))
     proj = make_projection(jax.random.PRNGKey(1), intrinsic_dim=K, p0_NxD=np.zeros((C, D)), embed_std=1.0)
-    return {}, proj, data
+    return PromptProblem(Fitness({}, data, toy_score), proj)
 
 
 def make_cfg(**search):
@@ -49,7 +51,8 @@ def make_cfg(**search):
 @functools.lru_cache
 def make_search(cfg):
     """One Search (one compilation) per config."""
-    return Search(toy_score, metric="acc", config=cfg.search, intrinsic_dim=K)
+    s = cfg.search
+    return Search(make_strategy(s.strategy, popsize=s.popsize, num_dims=K, sigma=s.sigma), config=s)
 
 
 def abstract(cfg):
@@ -69,8 +72,7 @@ def straight(problem, tmp_path_factory):
     s = make_search(cfg)
     folder = tmp_path_factory.mktemp("ckpt")
     ck = Checkpointer(folder)
-    frozen, proj, data = problem
-    state, history = s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)),
+    state, history = s.run(problem, problem, s.init(jax.random.PRNGKey(0)),
                            on_interval=lambda st, h, rec: ck.save(st, h, cfg))
     ck.close()
     return {"cfg": cfg, "state": state, "history": history, "folder": folder}
@@ -102,7 +104,6 @@ def test_round_trip_is_typed_and_bitwise(straight, saved):
 def test_resume_mid_run_equals_straight_run(straight, problem, tmp_path):
     """Stop after generation 4 of 9, restore in a new Checkpointer, finish: the same state and curve."""
     cfg = straight["cfg"]
-    frozen, proj, data = problem
     s = make_search(cfg)
     ck = Checkpointer(tmp_path)
 
@@ -115,11 +116,11 @@ def test_resume_mid_run_equals_straight_run(straight, problem, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        s.run(frozen, proj, data, data, s.init(jax.random.PRNGKey(0)), on_interval=on_interval)
+        s.run(problem, problem, s.init(jax.random.PRNGKey(0)), on_interval=on_interval)
     ck.close()
     r = Checkpointer(tmp_path).restore(cfg, abstract(cfg))
     assert r.generation == 4
-    resumed, hist = s.run(frozen, proj, data, data, r.state, history=r.history)
+    resumed, hist = s.run(problem, problem, r.state, history=r.history)
     assert leaves_equal(resumed, straight["state"])
     assert hist == straight["history"]
     assert s.interval._cache_size() == 1  # the restored state does not recompile the interval

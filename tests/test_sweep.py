@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from bbt_jax.prompt import make_projection
-from bbt_jax.sweep import Sweep
-from tests.test_search import K, C, D, make_search, toy_problem
+from bbt_jax.sweep import Sweep, stack
+from tests.test_search import K, C, D, as_problem, make_search, toy_problem
 
 
 def stacked_projections(seeds):
     projs = [make_projection(jax.random.PRNGKey(s), intrinsic_dim=K, p0_NxD=np.zeros((C, D)), embed_std=1.0)
              for s in seeds]
-    return jax.tree.map(lambda *x: jnp.stack(x), *projs), projs
+    return stack(projs), projs
 
 
 def test_sweep_members_equal_solo_runs():
@@ -26,11 +26,13 @@ def test_sweep_members_equal_solo_runs():
     projs_S, projs = stacked_projections(seeds)
     keys_S = jnp.stack([jax.random.PRNGKey(100 + s) for s in seeds])
     sweep = Sweep(search)
-    states_S, curves_SxG = sweep.run(frozen, projs_S, data, data, *sweep.init(keys_S, sigmas))
+    p_S = as_problem(frozen, projs_S, data)
+    states_S, curves_SxG = sweep.run(p_S, p_S, *sweep.init(keys_S, sigmas))
     assert curves_SxG.shape == (3, 6)
     for s in range(3):
         p = search.es_params(sigmas[s])
-        state, hist = search.run(frozen, projs[s], data, data, search.init(keys_S[s], p), es_params=p)
+        solo = as_problem(frozen, projs[s], data)
+        state, hist = search.run(solo, solo, search.init(keys_S[s], p), es_params=p)
         np.testing.assert_allclose(curves_SxG[s], [h["best_loss"] for h in hist], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(np.asarray(states_S.best_dev_z_K[s]), np.asarray(state.best_dev_z_K),
                                    rtol=1e-4, atol=1e-5)
@@ -41,24 +43,25 @@ def test_sweep_members_equal_solo_runs():
 SHARDED = textwrap.dedent('''
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh
-    from tests.test_search import make_search, toy_problem
+    from tests.test_search import as_problem, make_search, search_for, toy_problem
     from tests.test_sweep import stacked_projections
-    from bbt_jax.search import Search
     from bbt_jax.sweep import Sweep
     assert jax.device_count() == 4, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("pop",))
     frozen, proj, data = toy_problem()
     one = make_search(budget=8 * 6)
-    many = Search(one.score_fn, metric="acc", config=one.config, intrinsic_dim=one.intrinsic_dim, mesh=mesh)
-    s1, h1 = one.run(frozen, proj, data, data, one.init(jax.random.PRNGKey(3)))
-    s4, h4 = many.run(frozen, proj, data, data, many.init(jax.random.PRNGKey(3)))
+    many = search_for(one.config, mesh=mesh)
+    p = as_problem(frozen, proj, data)
+    s1, h1 = one.run(p, p, one.init(jax.random.PRNGKey(3)))
+    s4, h4 = many.run(p, p, many.init(jax.random.PRNGKey(3)))
     np.testing.assert_allclose([h["best_loss"] for h in h1], [h["best_loss"] for h in h4], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(s1.best_dev_z_K), np.asarray(s4.best_dev_z_K), rtol=1e-4, atol=1e-5)
     projs_S, _ = stacked_projections([0, 1, 2, 3])
     keys_S = jnp.stack([jax.random.PRNGKey(s) for s in range(4)])
     plain, sharded = Sweep(one), Sweep(one, mesh=mesh)
-    a, ca = plain.run(frozen, projs_S, data, data, *plain.init(keys_S, [1.0] * 4))
-    b, cb = sharded.run(frozen, projs_S, data, data, *sharded.init(keys_S, [1.0] * 4))
+    p_S = as_problem(frozen, projs_S, data)
+    a, ca = plain.run(p_S, p_S, *plain.init(keys_S, [1.0] * 4))
+    b, cb = sharded.run(p_S, p_S, *sharded.init(keys_S, [1.0] * 4))
     assert len(b.best_dev_z_K.sharding.device_set) == 4
     np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
     print("SHARDED-OK")
