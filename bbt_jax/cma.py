@@ -6,7 +6,7 @@
    with 17 of 20 tied the recombination weights no longer sum to 1 (~0.5 instead).
    `tie_safe_weights_fitness_shaping_fn` uses ordinal ranks with ties broken by index
    (a stable argsort, as pycma sorts with `np.argsort`), identical to evosax when no ties.
-   `make_strategy` builds any evosax strategy with it in place of the stock weights shaping.
+   `with_tie_safe_ranks` builds any evosax strategy with it in place of the stock weights shaping.
 2. `LazyCMA_ES`: evosax `CMA_ES._ask` (algorithms/distribution_based/cma_es.py) runs `eigh`
    on the K x K covariance every generation; this subclass refreshes B, D only when
    `generation_counter % params.eigen_every == 0` (a `lax.cond`, same state shapes) and
@@ -42,7 +42,7 @@ __all__ = [
     "flat_index",
     "generation_stats",
     "history_length",
-    "make_strategy",
+    "with_tie_safe_ranks",
     "ordinal_ranks",
     "pycma_stop_init",
     "pycma_stop_update",
@@ -71,7 +71,7 @@ def tie_safe_weights_fitness_shaping_fn(population, fitness, state, params) -> j
     return jnp.where(all_failed, jnp.zeros_like(weights), weights)
 
 
-def make_strategy(cls, population_size: int, solution, **kw):
+def with_tie_safe_ranks(cls, population_size: int, solution, **kw):
     """Build evosax strategy `cls` with the tie-safe weights shaping.
 
     Replaces evosax's `weights_fitness_shaping_fn` whether it is `cls`'s default (CMA_ES,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 from evosax.algorithms import distribution_based_algorithms
 
+from bbt_jax.cma import LazyCMA_ES, with_tie_safe_ranks
 from bbt_jax.errors import UserError
 
 # Algorithms whose constructor needs more than (population_size, solution).
@@ -31,6 +32,8 @@ _NEEDS_MORE = {name for name, cls in distribution_based_algorithms.items()
                       if p.kind is not inspect.Parameter.VAR_KEYWORD)}
 STRATEGIES: dict[str, type] = {name: cls for name, cls in distribution_based_algorithms.items()
                                if name not in _NEEDS_MORE}
+STRATEGIES["Lazy_CMA_ES"] = LazyCMA_ES  # ours (cma.py): CMA-ES with pycma's lazy eigendecomposition
+RANK_TIES = ("ordinal", "evosax")
 
 
 def canonical(name: str) -> str:
@@ -91,16 +94,21 @@ def _init_args(es) -> tuple[str, ...]:
 
 
 def make_strategy(name: str, *, popsize: int, num_dims: int, sigma: float = 1.0, es_params: str = "",
-                  fitness_shaping_fn=None) -> Strategy:
-    """Build a registered strategy for a flat float32 solution of `num_dims`."""
+                  rank_ties: str = "ordinal") -> Strategy:
+    """Build a registered strategy for a flat float32 solution of `num_dims`.
+
+    `rank_ties`: "ordinal" ranks tied fitness by index, as pycma does, so recombination
+    weights always sum to 1 (cma.py; identical to evosax without ties); "evosax" keeps
+    evosax's average-then-truncate ranks (with 17 of 20 tied, weights sum to ~0.5)."""
     key = canonical(name)
     cls = STRATEGIES[key]
     kwargs = {}
     if "std_schedule" in inspect.signature(cls.__init__).parameters:
         kwargs["std_schedule"] = optax.constant_schedule(sigma)
-    if fitness_shaping_fn is not None:
-        kwargs["fitness_shaping_fn"] = fitness_shaping_fn
-    es = cls(population_size=popsize, solution=jnp.zeros(num_dims, jnp.float32), **kwargs)
+    if rank_ties not in RANK_TIES:
+        raise UserError(f"--rank-ties {rank_ties}: choose from {', '.join(RANK_TIES)}")
+    build = with_tie_safe_ranks if rank_ties == "ordinal" else (lambda cls, **kw: cls(**kw))
+    es = build(cls, population_size=popsize, solution=jnp.zeros(num_dims, jnp.float32), **kwargs)
     overrides = parse_overrides(es_params)
     unknown = sorted(set(overrides) - set(_param_fields(es)))
     if unknown:

@@ -17,7 +17,7 @@ from bbt_jax.cma import (
     StopParams,
     default_eigen_every,
     generation_stats,
-    make_strategy,
+    with_tie_safe_ranks,
     pycma_stops,
     tie_safe_weights_fitness_shaping_fn,
 )
@@ -64,7 +64,7 @@ def test_ties_weights_sum_to_one(fitness):
 
 def test_ties_mean_update_equals_index_broken_ties():
     d = 8
-    fixed = _one_tell(make_strategy(CMA_ES, 20, jnp.zeros(d)), TIED, d)
+    fixed = _one_tell(with_tie_safe_ranks(CMA_ES, 20, jnp.zeros(d)), TIED, d)
     # the same ordering without ties: stock evosax must agree bitwise
     broken = jnp.asarray(np.argsort(np.lexsort((np.arange(20), np.asarray(TIED)))), jnp.float32)
     stock = _one_tell(CMA_ES(20, jnp.zeros(d)), broken, d)
@@ -76,14 +76,14 @@ def test_ties_mean_update_equals_index_broken_ties():
 def test_untied_is_stock_evosax_bitwise(cls):
     d = 8
     fitness = jax.random.normal(jax.random.key(3), (20,))
-    assert _leaves_equal(_one_tell(make_strategy(cls, 20, jnp.zeros(d)), fitness, d), _one_tell(cls(20, jnp.zeros(d)), fitness, d))
+    assert _leaves_equal(_one_tell(with_tie_safe_ranks(cls, 20, jnp.zeros(d)), fitness, d), _one_tell(cls(20, jnp.zeros(d)), fitness, d))
 
 
-def test_make_strategy_swaps_only_weights_shaping():
-    assert make_strategy(CMA_ES, 8, jnp.zeros(3)).fitness_shaping_fn is tie_safe_weights_fitness_shaping_fn
-    es = make_strategy(Open_ES, 8, jnp.zeros(3), std_schedule=lambda g: 0.1)
+def test_with_tie_safe_ranks_swaps_only_weights_shaping():
+    assert with_tie_safe_ranks(CMA_ES, 8, jnp.zeros(3)).fitness_shaping_fn is tie_safe_weights_fitness_shaping_fn
+    es = with_tie_safe_ranks(Open_ES, 8, jnp.zeros(3), std_schedule=lambda g: 0.1)
     assert es.fitness_shaping_fn is centered_rank_fitness_shaping_fn
-    es = make_strategy(LazyCMA_ES, 8, jnp.zeros(3), eigen_every=4)
+    es = with_tie_safe_ranks(LazyCMA_ES, 8, jnp.zeros(3), eigen_every=4)
     assert es.fitness_shaping_fn is tie_safe_weights_fitness_shaping_fn and int(es.default_params.eigen_every) == 4
 
 
@@ -186,7 +186,7 @@ def _problem(kind, d, cond):
 
 
 def _evosax_best(cls, d, pop, gens, f, seeds, **kw):
-    es = make_strategy(cls, pop, jnp.zeros(d), **kw)
+    es = with_tie_safe_ranks(cls, pop, jnp.zeros(d), **kw)
     params = es.default_params.replace(std_init=jnp.asarray(1.0))
     run = lambda k: _scan_run(es, params, f, d, gens, k).best_fitness  # noqa: E731
     return np.asarray(jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(1), seeds)))
