@@ -7,7 +7,6 @@ Only reading lives here; each backbone family converts the state dict itself
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +106,6 @@ def tokenizer_file(ckpt_dir: Path) -> Path | None:
     """The fast-tokenizer file shipped with a checkpoint, if any."""
     f = ckpt_dir / "tokenizer.json"
     return f if f.is_file() else None
-
-
-def is_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
 
 
 def load_tokenizer(path: str | Path | None, what: str):
