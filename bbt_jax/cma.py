@@ -11,6 +11,11 @@
    on the K x K covariance every generation; this subclass refreshes B, D only when
    `generation_counter % params.eigen_every == 0` (a `lax.cond`, same state shapes) and
    samples with the stored B, D in between, like pycma's lazy update.
+2b. `PyCMA_ES(population_size, solution, fitness_shaping_fn, metrics_fn, eigen_every=None, tpa=None)`:
+   LazyCMA_ES with pycma 4.5's defaults (`pycma_constants(num_dims, popsize)`): TPA step size
+   for N >= 300 (pycma's default there; evosax's CSA is what made d=500 lag), pycma's c_1, c_mu,
+   weights, CSA c_sigma/d_sigma, h_sigma and lazy gap. State `PyCMAState`, params `PyCMAParams`.
+4. `bound_transform(x, lower, upper)`: pycma's BoundTransform / BoxConstraintsLinQuadTransformation.
 3. `pycma_stop_update` / `pycma_stops`: pycma's `tolfun` and `tolflatfitness` criteria
    (cma 4.5, evolution_strategy.py `_CMAStopDict._update`) from three per-generation numbers.
 
