@@ -11,6 +11,11 @@
    on the K x K covariance every generation; this subclass refreshes B, D only when
    `generation_counter % params.eigen_every == 0` (a `lax.cond`, same state shapes) and
    samples with the stored B, D in between, like pycma's lazy update.
+2b. `PyCMA_ES(population_size, solution, fitness_shaping_fn, metrics_fn, eigen_every=None, tpa=None)`:
+   LazyCMA_ES with pycma 4.5's defaults (`pycma_constants(num_dims, popsize)`): TPA step size
+   for N >= 300 (pycma's default there; evosax's CSA is what made d=500 lag), pycma's c_1, c_mu,
+   weights, CSA c_sigma/d_sigma, h_sigma and lazy gap. State `PyCMAState`, params `PyCMAParams`.
+4. `bound_transform(x, lower, upper)`: pycma's BoundTransform / BoxConstraintsLinQuadTransformation.
 3. `pycma_stop_update` / `pycma_stops`: pycma's `tolfun` and `tolflatfitness` criteria
    (cma 4.5, evolution_strategy.py `_CMAStopDict._update`) from three per-generation numbers.
 
@@ -24,17 +29,25 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from evosax.algorithms.distribution_based.cma_es import CMA_ES, eigen_decomposition
 from evosax.algorithms.distribution_based.base import metrics_fn
 from evosax.algorithms.distribution_based.cma_es import Params as CMAParams
+from evosax.algorithms.distribution_based.cma_es import State as CMAState
 from evosax.core.fitness_shaping import weights_fitness_shaping_fn
 from flax import struct
 
 __all__ = [
     "LazyCMA_ES",
+    "PyCMAParams",
+    "PyCMAState",
+    "PyCMA_ES",
+    "TPA_DIMENSION",
+    "bound_transform",
+    "pycma_constants",
     "LazyCMAParams",
     "StopParams",
     "StopState",
@@ -138,16 +151,195 @@ class LazyCMA_ES(CMA_ES):
         fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
         return LazyCMAParams(**fields, eigen_every=every)
 
-    def _ask(self, key, state, params):
+    def _lazy_refresh(self, state, params):
+        """Decompose C (evosax `eigen_decomposition`) iff generation_counter % eigen_every == 0."""
         refresh = state.generation_counter % params.eigen_every == 0
         C, B, D = jax.lax.cond(
             refresh, lambda cbd: eigen_decomposition(cbd[0]), lambda cbd: cbd, (state.C, state.B, state.D)
         )
+        return state.replace(C=C, B=B, D=D)
+
+    def _ask(self, key, state, params):
+        state = self._lazy_refresh(state, params)
         # sampling exactly as evosax CMA_ES._ask, Eq. (38)-(40)
         z = jax.random.normal(key, (self.population_size, self.num_dims))
-        z = (z @ jnp.diag(D).T) @ B.T
+        z = (z @ jnp.diag(state.D).T) @ state.B.T
         population = state.mean[None, :] + state.std * z
-        return population, state.replace(C=C, B=B, D=D)
+        return population, state
+
+
+# ---------------------------------------------------------------- 2b. pycma's defaults
+# cma 4.5 (options_parameters.py CMAParameters.set, sigma_adaptation.py, sampler.py) vs evosax:
+# - step size: pycma's `AdaptSigma=True` picks TPA (two-point adaptation, CMAAdaptSigmaTPA)
+#   when N >= evolution_strategy.TPA_dimension = 300, CSA below. evosax always uses CSA, whose
+#   c_sigma ~ mu_eff / N is tiny at N=500: on the d=500 sphere (pop 20, 300 generations)
+#   pycma forced to CSA ends at f ~ 77 like evosax, pycma with TPA at ~4 (experiments/cma_vs_pycma.md).
+# - c_mu has an offset 0.25: 2 (0.25 + mueff + 1/mueff - 2) / ((N + 2)^2 + mueff) (evosax: no 0.25);
+#   c_1 carries a factor min(1, popsize / 6); negative weights are finalized with these c_1, c_mu.
+# - CSA: c_sigma = min(1/2, (mueff + 2) / (N + mueff + 3)), d_sigma = 1 + 2 max(0, a sqrt((mueff - 1)
+#   / (N + 1)) - 1) + c_sigma with a = max(1, 3 (1 - 2^(-N/9))), log-step clipped to [-1, 1].
+# - h_sigma: |p_sigma|^2 / (1 - (1 - c_sigma)^(2 t)) / N < 2 + 4 / (N + 1), t = 1, 2, ...
+# - lazy eigendecomposition every 1 / (10 N (c_1 + c_mu)) generations (sampler.py), rounded up.
+# - CMA_active=True (negative weights, as evosax), CMA_diagonal = 0 * 100 * N / popsize**0.5 = 0
+#   (no separable phase), CMA_mirrors = popsize < 6 (none for popsize >= 6), cmean = 1, no std clip.
+
+
+TPA_DIMENSION = 300  # cma.evolution_strategy.TPA_dimension
+
+
+@struct.dataclass
+class PyCMAState(CMAState):
+    mean_shift: jax.Array  # (K,) mean - previous mean (zeros before the first tell)
+    tpa_s: jax.Array  # () TPA's smoothed rank difference (pycma CMAAdaptSigmaTPA.s)
+
+
+@struct.dataclass
+class PyCMAParams(LazyCMAParams):
+    tpa_damp: jax.Array  # () 0.7 + 2 ln N + 2 ln max(1, popsize - N)
+    tpa_c: float = 0.3
+    tpa_z_exponent: float = 0.5
+    max_delta_log_sigma: float = 1.0  # CSA's clip of the log step-size change
+
+
+def pycma_constants(num_dims: int, popsize: int) -> dict:
+    """pycma 4.5 default strategy constants for dimension N and popsize >= 6 (no mirrors)."""
+    N, lam = num_dims, popsize
+    mu = lam // 2
+    wp = [math.log((lam + 1) / 2) - math.log(i + 1) for i in range(lam)]
+    pos, neg = wp[:mu], wp[mu:]
+    mueff = sum(pos) ** 2 / sum(w * w for w in pos)
+    mueff_minus = sum(neg) ** 2 / sum(w * w for w in neg) if neg else 0.0
+    cc = (4 + mueff / N) / (N + 4 + 2 * mueff / N)
+    c1 = min(1, lam / 6) * 2 / ((N + 1.3) ** 2 + mueff)
+    cmu = min(1 - c1, 2 * (0.25 + mueff + 1 / mueff - 2) / ((N + 2) ** 2 + mueff))
+    neg_sum = min(1 + c1 / cmu, (1 - c1 - cmu) / cmu / N, 1 + 2 * mueff_minus / (mueff + 2))
+    weights = [w / sum(pos) for w in pos] + [neg_sum * w / abs(sum(neg)) for w in neg]
+    cs = min(0.5, (mueff + 2) / (N + mueff + 3))
+    damp_in = max(1, 3 * (1 - 0.5 ** (N / 9)))
+    damps = 1 + 2 * max(0, damp_in * ((mueff - 1) / (N + 1)) ** 0.5 - 1) + cs
+    chi_n = math.exp(0.5 * math.log(2) + math.lgamma((N + 1) / 2) - math.lgamma(N / 2))  # E|N(0, I_N)|, pycma Mh.chiN
+    return dict(
+        weights=weights, mu_eff=mueff, c_c=cc, c_1=c1, c_mu=cmu, c_std=cs, d_std=damps, chi_n=chi_n,
+        eigen_every=max(1, math.ceil(1 / (c1 + cmu) / N / 10)),
+        tpa_damp=0.7 + 2 * math.log(N) + 2 * math.log(max(1, lam - N)),
+    )
+
+
+class PyCMA_ES(LazyCMA_ES):
+    """CMA-ES with pycma 4.5's defaults: TPA step size for N >= 300, pycma's constants.
+
+    Same sampling / mean / covariance update as evosax CMA_ES (active CMA with negative
+    weights, rank-mu rescaling of negative steps to Mahalanobis length sqrt(N)), lazy B, D
+    refresh every `eigen_every` generations (default pycma's gap, `eigen_every=1` eager).
+
+    TPA (`tpa=True`, default iff N >= 300, as pycma): from the second generation on, the
+    first two members are mean +- sigma * chi * dm / |C^-1/2 dm| with dm the last mean shift
+    and chi = |N(0, I)|; after evaluation z = (#{f < f_1} - #{f < f_0}) / (P - 1) (raw f, NaN
+    as +inf), s <- (1 - c) s + c sign(z) |z|^0.5, sigma <- sigma exp(s / d). Without TPA, CSA
+    with pycma's c_sigma, d_sigma and clipped log step. The state is a fixed-shape pytree.
+    """
+
+    def __init__(
+        self,
+        population_size: int,
+        solution,
+        fitness_shaping_fn: Callable = weights_fitness_shaping_fn,
+        metrics_fn: Callable = metrics_fn,
+        eigen_every: int | None = None,
+        tpa: bool | None = None,
+    ):
+        super().__init__(population_size, solution, fitness_shaping_fn, metrics_fn, eigen_every)
+        self.tpa = self.num_dims >= TPA_DIMENSION if tpa is None else bool(tpa)
+
+    @property
+    def _default_params(self) -> PyCMAParams:
+        k = pycma_constants(self.num_dims, self.population_size)
+        f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+        every = k["eigen_every"] if self.eigen_every is None else self.eigen_every
+        return PyCMAParams(
+            std_init=jnp.asarray(1.0), std_min=0.0, std_max=1e8,
+            weights=f32(k["weights"]), mu_eff=f32(k["mu_eff"]), c_mean=1.0,
+            c_std=f32(k["c_std"]), d_std=f32(k["d_std"]), c_c=f32(k["c_c"]), c_1=f32(k["c_1"]),
+            c_mu=f32(k["c_mu"]), chi_n=f32(k["chi_n"]),
+            eigen_every=jnp.asarray(every, jnp.int32), tpa_damp=f32(k["tpa_damp"]),
+        )
+
+    def _init(self, key, params):
+        base = super()._init(key, params)
+        fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        return PyCMAState(**fields, mean_shift=jnp.zeros(self.num_dims), tpa_s=jnp.zeros(()))
+
+    def _ask(self, key, state, params):
+        if not self.tpa:
+            return super()._ask(key, state, params)
+        key_pop, key_chi = jax.random.split(key)
+        population, state = super()._ask(key_pop, state, params)
+        dm = state.mean_shift
+        maha = jnp.linalg.norm((state.B.T @ dm) / state.D)  # |C^-1/2 dm| with the sampling B, D
+        chi = jnp.linalg.norm(jax.random.normal(key_chi, (self.num_dims,)))
+        y = dm * jnp.where(maha > 0, chi / jnp.where(maha > 0, maha, 1.0), 0.0)
+        use = (state.generation_counter > 0) & (maha > 0)  # pycma: no injection in generation 1
+        mirrored = state.mean + state.std * jnp.stack([y, -y])
+        population = population.at[:2].set(jnp.where(use, mirrored, population[:2]))
+        return population, state
+
+    @partial(jax.jit, static_argnames=("self",))
+    def tell(self, key, population, fitness, state, params):
+        if self.tpa:  # TPA reads the raw f-values of members 0 and 1 (pycma: unsorted input order)
+            f = jnp.where(jnp.isnan(fitness), jnp.inf, fitness)
+            z = (jnp.sum(f < f[1]) - jnp.sum(f < f[0])) / (self.population_size - 1)
+            s = (1 - params.tpa_c) * state.tpa_s + params.tpa_c * jnp.sign(z) * jnp.abs(z) ** params.tpa_z_exponent
+            state = state.replace(tpa_s=s)
+        return super().tell(key, population, fitness, state, params)
+
+    def _tell(self, key, population, fitness, state, params):
+        new = super()._tell(key, population, fitness, state, params)
+        if self.tpa:  # replace CSA's std by TPA's (p_std is still kept: it drives h_sigma)
+            std = jnp.clip(state.std * jnp.exp(new.tpa_s / params.tpa_damp), params.std_min, params.std_max)
+            new = new.replace(std=std)
+        return new.replace(mean_shift=new.mean - state.mean)
+
+    def update_std(self, std, norm_p_std, params):
+        """pycma CSA: log step clipped to +-max_delta_log_sigma."""
+        log_step = (params.c_std / params.d_std) * (norm_p_std / params.chi_n - 1)
+        log_step = jnp.clip(log_step, -params.max_delta_log_sigma, params.max_delta_log_sigma)
+        return jnp.clip(std * jnp.exp(log_step), min=params.std_min, max=params.std_max)
+
+    def h_std(self, norm_p_std, generation_counter, params):
+        """pycma CMAAdaptSigmaBase.hsig; evosax's _tell passes t = countiter (1 on the first tell)."""
+        squared = norm_p_std**2 / (1 - (1 - params.c_std) ** (2 * generation_counter))
+        return squared / self.num_dims - 1 < 1 + 4.0 / (self.num_dims + 1)
+
+
+# ---------------------------------------------------------------- 4. pycma bound transform
+
+
+def bound_transform(x: jax.Array, lower, upper) -> jax.Array:
+    """pycma's BoxConstraintsLinQuadTransformation (the BoundTransform repair), elementwise.
+
+    Genotype x (any shape) -> phenotype in [lower, upper] (scalars or broadcastable arrays,
+    +-inf allowed): identity on [lb + al, ub - au], quadratic towards the bounds, mirrored
+    beyond lb - al / ub + au and periodic with period 2 (ub - lb + al + au), where
+    al = min((ub - lb) / 2, max(1, |lb|) / 20), au likewise with ub (margin_width2), or 1 for
+    an infinite bound. Same steps as cma 4.5 transformations.py `__call__`.
+    """
+    x = jnp.asarray(x)
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    y = x.astype(dtype)
+    lb = jnp.broadcast_to(jnp.asarray(lower, dtype), y.shape)
+    ub = jnp.broadcast_to(jnp.asarray(upper, dtype), y.shape)
+    half = (ub - lb) / 2
+    al = jnp.where(jnp.isfinite(lb), jnp.minimum(half, jnp.maximum(1.0, jnp.abs(lb)) / 20), 1.0)
+    au = jnp.where(jnp.isfinite(ub), jnp.minimum(half, jnp.maximum(1.0, jnp.abs(ub)) / 20), 1.0)
+    far = (y < lb - 2 * al - half) | (y > ub + 2 * au + half)
+    r = 2 * (ub - lb + al + au)  # period
+    start = lb - 2 * al - half
+    y = jnp.where(far, y - r * jnp.floor_divide(y - start, r), y)
+    y = jnp.where(y > ub + au, y - 2 * (y - ub - au), y)
+    y = jnp.where(y < lb - al, y + 2 * (lb - al - y), y)
+    y = jnp.where(y < lb + al, lb + (y - (lb - al)) ** 2 / 4 / al, y)
+    y = jnp.where(y > ub - au, ub - (y - (ub + au)) ** 2 / 4 / au, y)
+    return y
 
 
 # ---------------------------------------------------------------- 3. pycma stop criteria
