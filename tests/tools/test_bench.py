@@ -60,7 +60,7 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
             "SmolLM2 demo (cue placement, shared input cache)"} <= set(names)
     # ES overhead: the RoBERTa shape and the demo shape (d=500, pop 20 CMA-ES)
     es = res["es_overhead"]
-    assert len(es) == 2 and all(0 < r["es_ms"] and 0 < r["es_share"] < 1 for r in es)
+    assert len(es) == 2 and all(r["es_ms"] > 0 and r["generation_ms"] > 0 and r["es_share"] > 0 for r in es)
     assert (es[1]["dim"], es[1]["pop"], es[1]["strategy"]) == (500, 20, "CMA_ES")
     assert abs(es[0]["es_share"] - es[0]["es_ms"] / es[0]["generation_ms"]) < 1e-9
     # test-pass cost: sst2 and agnews, eval buckets 0 vs 4, compile and compute apart
