@@ -18,7 +18,7 @@ test: setup
 	$(PY) -m pytest -q -n 2 tests
 
 bench: setup
-	$(PY) -m bbt_jax bench
+	$(PY) -m tools.bench
 
 bench-quick: setup
-	$(PY) -m bbt_jax bench --quick
+	$(PY) -m tools.bench --quick

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bbt_jax import config as C
-from bbt_jax.cli import shared_path, write_json_atomic
+from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.train import train
 
 

@@ -1,7 +1,7 @@
 """Counted FLOPs of a paper-budget BBT run (roberta-large, sst2 16-shot seed 13, N=50, d=500,
 pop 20, 8000 calls) and the time they imply on an H100 — a PROJECTION, not a measurement.
 
-Usage: python experiments/paper_flops.py [--utilisation U]   (U: measured by `bbt-jax bench`)
+Usage: python -m tools.bench.paper_flops [--utilisation U]   (U: measured by `python -m tools.bench`)
 """
 
 import argparse
@@ -9,11 +9,11 @@ import json
 
 from tokenizers import Tokenizer
 
-from bbt_jax import flops as F
 from bbt_jax import tasks as T
-from bbt_jax.cli import shared_path
+from bbt_jax.io import shared_path
 from bbt_jax.data import read_jsonl, split_paths
 from bbt_jax.models import roberta
+from tools.bench import flops as F
 
 H100_BF16_DENSE_TFLOPS = 989.0  # H100 SXM, dense bf16 tensor-core peak (NVIDIA datasheet; 1979 is with sparsity)
 
@@ -23,7 +23,7 @@ def main():
     p.add_argument("--utilisation", type=float, default=None, help="fraction of peak to assume (e.g. from the bench)")
     args = p.parse_args()
     cfg = roberta.preset("roberta-large")
-    vocab = T.roberta_vocab(Tokenizer.from_file(str(shared_path("models/roberta-tokenizer/tokenizer.json"))))
+    vocab = roberta.make_vocab(Tokenizer.from_file(str(shared_path("models/roberta-tokenizer/tokenizer.json"))))
     task = T.TASKS["sst2"]
     paths = split_paths(shared_path("data"), "sst2", 16, 13)
     tpl = T.template_for(task, vocab, "add")

@@ -1,6 +1,6 @@
 """Side measurements behind BENCHMARKS.md's reading of the roberta-base rows.
 
-  python experiments/bench/profile_roberta.py [--calls 2] [--chunks 0 4]
+  python -m tools.bench.profile_roberta [--calls 2] [--chunks 0 4]
 
 1. The spread of the fused population evaluation (roberta-base shape, random weights, sst2 16-shot seed 13,
    pop 20, N=50, d=500, 4 buckets) over repeated calls, unchunked and in chunks (`--pop-chunk`).
@@ -22,24 +22,25 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bbt_jax import config as C  # noqa: E402
-from bbt_jax.cli import shared_path  # noqa: E402
-from bbt_jax.evaluate import population_fitness  # noqa: E402
-from bbt_jax.train import build  # noqa: E402
+from bbt_jax.harness import build  # noqa: E402
+from bbt_jax.io import shared_path  # noqa: E402
+from bbt_jax.problem import PromptProblem  # noqa: E402
 
 
 def population_spread(chunks, calls: int) -> None:
-    cfg = C.override(C.paper(), model="roberta-base", task="sst2", seed=13, data_dir=str(shared_path("data")),
+    cfg = C.override(C.paper(), model="random-roberta-base", task="sst2", seed=13, data_dir=str(shared_path("data")),
                      popsize=20, budget=200)
-    exp = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
+    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
     z_PxK = jax.random.normal(jax.random.PRNGKey(1), (20, cfg.prompt.intrinsic_dim))
+    fitness = h.fitness("train")
+    fn = jax.jit(lambda problem, z: problem(z)[0])
     for chunk in chunks:
-        fn = jax.jit(lambda fr, pr, z, d, chunk=chunk: population_fitness(exp.backbone.score, "ce", "acc", fr, pr, z, d,
-                                                                          chunk=chunk)[0])
-        compiled = fn.lower(exp.frozen, exp.proj, z_PxK, exp.train).compile()
+        problem = PromptProblem(fitness.replace(chunk=chunk), h.projection)
+        compiled = fn.lower(problem, z_PxK).compile()
         ts = []
         for _ in range(calls):
             t = time.perf_counter()
-            jax.block_until_ready(compiled(exp.frozen, exp.proj, z_PxK, exp.train))
+            jax.block_until_ready(compiled(problem, z_PxK))
             ts.append(time.perf_counter() - t)
         print(f"population evaluation, pop 20, chunk {chunk or 'none'}: " + " ".join(f"{x:.1f}" for x in ts) + " s",
               flush=True)

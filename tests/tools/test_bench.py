@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bbt_jax import flops as F
 from bbt_jax.models import roberta
 from bbt_jax.types import TokenBatch
+from tools.bench import flops as F
 
 
 def test_encoder_flops_match_xla_cost_analysis():
@@ -31,10 +31,10 @@ def test_encoder_flops_match_xla_cost_analysis():
 
 @pytest.mark.slow
 def test_bench_quick_writes_schema(tmp_path, data_dir):
-    from bbt_jax import cli
+    from tools.bench.__main__ import main
 
     out = tmp_path / "bench.json"
-    assert cli.main(["bench", "--quick", "--json", str(out)]) == 0
+    assert main(["--quick", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert {"device", "jax", "xla_flags", "matmul_gflops", "rows"} <= set(res)
     assert res["matmul_gflops"] > 0
@@ -53,12 +53,45 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
     assert res["sweep"]["S"] == 8 and res["complete"] is True
     default_flags = [r for r in res["rows"] if "default CPU flags" in r["name"]][0]
     assert "ynn" not in default_flags["extra"]["xla_flags"]  # the child really ran without our defaults
+    # the machine: CPU model and cores
+    assert res["cpu"] and res["cpu"] == res["machine"]["cpu"] and res["cores"] >= 1
+    # the decoder rows (a tiny Llama in --quick): cached vs uncached, the demo workload, the torch reference
+    assert {"SmolLM2 fused, uncached", "SmolLM2 fused, shared input cache",
+            "SmolLM2 demo (cue placement, shared input cache)"} <= set(names)
+    # ES overhead: the RoBERTa shape and the demo shape (d=500, pop 20 CMA-ES)
+    es = res["es_overhead"]
+    assert len(es) == 2 and all(r["es_ms"] > 0 and r["generation_ms"] > 0 and r["es_share"] > 0 for r in es)
+    assert (es[1]["dim"], es[1]["pop"], es[1]["strategy"]) == (500, 20, "CMA_ES")
+    assert abs(es[0]["es_share"] - es[0]["es_ms"] / es[0]["generation_ms"]) < 1e-9
+    # test-pass cost: sst2 and agnews, eval buckets 0 vs 4, compile and compute apart
+    ev = res["eval"]
+    assert sorted((r["task"], r["num_buckets"]) for r in ev) == [("agnews", 0), ("agnews", 4), ("sst2", 0), ("sst2", 4)]
+    for r in ev:
+        assert r["rows"] > 0 and r["compile_s"] >= 0 and r["compute_s_per_1000_rows"] > 0
+        assert r["tokens_real"] <= r["tokens_padded"] and r["shapes"] <= r["batches"]
+        assert r["shapes"] <= 4 or r["num_buckets"] == 0
 
 
 def test_bench_bad_flag_is_one_line_error(tmp_path, capsys):
-    from bbt_jax import cli
+    from tools.bench.__main__ import main
 
-    assert cli.main(["bench", "--quick", "--ref-candidates", "0", "--json", str(tmp_path / "b.json")]) == 2
+    assert main(["--quick", "--ref-candidates", "0", "--json", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --ref-candidates 0: must be >= 1"
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_child_is_a_tools_entry_point():
+    """The children the bench spawns are tools/bench entry points, not the user CLI."""
+    from tools.bench import bench
+
+    r = bench.run_child(["pop", "--pop", "4", "--chunk", "2", "--quick"])
+    assert (r["pop"], r["chunk"]) == (4, 2) and r["seconds"] > 0
+
+
+def test_library_does_not_import_the_bench():
+    import subprocess
+    import sys
+
+    code = "import sys, bbt_jax, bbt_jax.cli, bbt_jax.train; print(any(m.startswith(('tools', 'torch')) for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
