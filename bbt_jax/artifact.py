@@ -37,8 +37,8 @@ FORMAT = "bbt-jax-prompt/1"
 TENSORS_FILE = "prompt.safetensors"
 CARD_FILE = "prompt.json"
 # Fields whose change redraws a different projection A (so z alone no longer gives the prompt).
-PROJECTION_FIELDS = ("model", "tokenizer", "seed", "intrinsic_dim", "n_prompt_tokens", "alpha", "proj_sigma",
-                     "sigma", "random_proj", "placement", "dtype")
+PROJECTION_FIELDS = ("model", "tokenizer", "seed", "projection_seed", "intrinsic_dim", "n_prompt_tokens", "alpha",
+                     "proj_sigma", "sigma", "random_proj", "placement", "init_prompt", "dtype")
 
 
 @dataclasses.dataclass
@@ -60,7 +60,8 @@ def save_prompt(out_dir: str | Path, h: Harness, z_K, metrics: dict) -> dict[str
     prompt_NxD = np.asarray(jax.device_get(prompt_from_z(proj, jnp.asarray(z_K))), np.float32)
     p0_NxD = np.asarray(proj.p0_NxD, np.float32)
     cfg = h.cfg
-    projection = {"seed": cfg.run.seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]",
+    seed = cfg.run.seed if cfg.run.projection_seed < 0 else cfg.run.projection_seed
+    projection = {"seed": seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]",
                   "shape": list(map(int, proj.A_KxND.shape)), "kind": cfg.prompt.random_proj,
                   "alpha": cfg.prompt.alpha, "sigma": cfg.prompt.proj_sigma or cfg.search.sigma}
     blob = save({"z": z_K, "p0": p0_NxD, "prompt": prompt_NxD},

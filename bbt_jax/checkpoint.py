@@ -49,11 +49,12 @@ _KEEP = 3  # committed steps kept; older ones are deleted by orbax
 # (data_dir, test_rows, eval_batch, out, checkpoint_every, pop_chunk) is free:
 # pop_chunk only bounds memory, though it may change the last bits of the losses.
 SEARCH_FIELDS = (
-    "task", "k_shot", "seed",
+    "task", "k_shot", "seed", "split", "split_seed", "projection_seed", "es_seed",
     "model", "tokenizer", "dtype", "zero_lm_head_bias",
-    "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement",
-    "verbalizer_space", "max_length", "num_buckets",
-    "strategy", "es_params", "popsize", "sigma", "bound", "loss", "eval_every", "dev_init", "dev_tiebreak_loss",
+    "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt",
+    "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets",
+    "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
+    "eval_every", "dev_init", "dev_tiebreak_loss",
 )
 
 

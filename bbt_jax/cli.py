@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 from bbt_jax.io import shared_path, write_json_atomic
+from bbt_jax.provenance import environment
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     paper = config_lib.paper()
@@ -85,6 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print("config: " + json.dumps(config_lib.to_dict(cfg)), flush=True)
     results = train(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
                     log=lambda s: print(s, flush=True), zero_shot=args.zero_shot, out=out)
+    results["environment"] = environment(os.environ)
     write_json_atomic(out / "results.json", results)
     print(f"wrote {out / 'results.json'}")
     return 0

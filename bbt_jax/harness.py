@@ -25,6 +25,7 @@ from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import Config
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness
+from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
 from bbt_jax.models.registry import load
 from bbt_jax.problem import PromptProblem
@@ -45,6 +46,7 @@ class Harness:
     verbalizer_C: np.ndarray
     frozen: dict
     encoded: dict  # split name -> list[tasks.Encoded]
+    overflow: dict  # split name -> {"dropped": rows, "truncated": rows}
     _fitness: dict = dataclasses.field(default_factory=dict, repr=False)  # split -> prepared Fitness
 
     @property
@@ -53,8 +55,11 @@ class Harness:
 
     @property
     def keys(self) -> tuple[jax.Array, jax.Array]:
-        """(projection key, search key) of the run's seed."""
-        k_proj, k_search = jax.random.split(jax.random.PRNGKey(self.cfg.run.seed))
+        """(projection key, search key): split(PRNGKey(seed)) as one seed always did; --projection-seed /
+        --es-seed replace the seed of one of them."""
+        r = self.cfg.run
+        k_proj = jax.random.split(jax.random.PRNGKey(_seed(r.projection_seed, r.seed)))[0]
+        k_search = jax.random.split(jax.random.PRNGKey(_seed(r.es_seed, r.seed)))[1]
         return k_proj, k_search
 
     def buckets(self, split: str) -> Buckets:
@@ -65,7 +70,7 @@ class Harness:
     @functools.cached_property
     def test_batches(self) -> list[TokenBatch]:
         return tasks_lib.make_eval_batches(self.encoded["test"], self.model.vocab.pad_id,
-                                           batch_rows=self.cfg.run.eval_batch)
+                                           batch_rows=self.cfg.run.eval_batch, num_buckets=self.cfg.run.eval_buckets)
 
     def fitness(self, split: str = "train") -> Fitness:
         """The fitness contract on a split (prepared once): the run's loss and metric; the population
@@ -91,16 +96,41 @@ class Harness:
     def search(self) -> Search:
         s = self.cfg.search
         strategy = make_strategy(s.strategy, popsize=s.popsize, num_dims=self.cfg.prompt.intrinsic_dim,
-                                 sigma=s.sigma, es_params=s.es_params)
+                                 sigma=s.sigma, es_params=s.es_params, rank_ties=s.rank_ties)
         return Search(strategy, config=s)
 
     def rows(self, split: str) -> int:
         return len(self.encoded[split])
 
+    def effective(self) -> dict:
+        """Every setting as it took effect (flat names, as the flags); null where this run ignores it."""
+        cfg, kind = self.cfg, self.model.family.kind
+        out = {k: v for group in dataclasses.asdict(cfg).values() for k, v in group.items()}
+        strategy = self.search().strategy
+        r, s = cfg.run, cfg.search
+        out.update(
+            n_prompt_tokens=self.layout.n_prompt, placement=self.layout.placement, family=self.model.family.name,
+            proj_sigma=cfg.prompt.proj_sigma or s.sigma, strategy=strategy.name,
+            es_params=dict(strategy.overrides) or None, sigma=s.sigma if strategy.sigma_applies else None,
+            split_seed=_seed(r.split_seed, r.seed), projection_seed=_seed(r.projection_seed, r.seed),
+            es_seed=_seed(r.es_seed, r.seed), init_prompt=cfg.prompt.init_prompt or None,
+            bound=s.bound or None, bound_handling=s.bound_handling if s.bound > 0 else None,
+            test_rows=self.rows("test"), random_weights=self.model.random_weights,
+            zero_lm_head_bias=cfg.model.zero_lm_head_bias if kind == "masked" else None,
+            verbalizer_space=cfg.prompt.verbalizer_space if kind == "masked" else None,
+            decoder_splice=self.layout.splice if kind == "causal" else None,
+            tokenizer=cfg.model.tokenizer or None)
+        return out
+
+
+def _seed(specific: int, seed: int) -> int:
+    return seed if specific < 0 else specific
+
 
 def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
     """train/dev/test examples of the run's task and split; empty or one-class train is an error."""
-    paths = data_lib.split_paths(Path(cfg.run.data_dir), task.name, cfg.run.k_shot, cfg.run.seed)
+    r = cfg.run
+    paths = data_lib.split_paths(Path(r.data_dir), task.name, r.k_shot, _seed(r.split_seed, r.seed), split=r.split)
     splits = {k: data_lib.read_jsonl(p, task.num_labels, pair=task.pair) for k, p in paths.items()}
     data_lib.check_train_split(splits["train"], paths["train"], task.num_labels)
     if not splits["dev"]:
@@ -121,10 +151,22 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
         kind = {"masked": "masked LMs", "causal": "decoder LMs"}[family.kind]
         raise UserError(f"--placement {cfg.prompt.placement}: {kind} take one of {family.placements}")
     word_VxD = np.asarray(family.word_embeddings(model.params))
-    layout = family.layout(task, vocab, cfg.prompt.placement, cfg.prompt.n_prompt_tokens, word_VxD)
+    layout = family.layout(task, vocab, cfg.prompt, word_VxD)
+    if cfg.prompt.init_prompt:
+        p0_NxD = hf.read_prompt_tensor(cfg.prompt.init_prompt)
+        if p0_NxD.shape != layout.p0.shape:
+            raise UserError(f"--init-prompt {cfg.prompt.init_prompt}: a {p0_NxD.shape[0]} x {p0_NxD.shape[-1]} "
+                            f"prompt, but this model and placement take {layout.p0.shape[0]} x {layout.p0.shape[1]}")
+        layout = dataclasses.replace(layout, p0=p0_NxD)
     verbalizer_C = tasks_lib.verbalizer_ids(task, vocab, leading_space=cfg.prompt.verbalizer_space)
-    encoded = {k: [tasks_lib.encode_example(r, task, vocab, layout.template, layout.n_prompt, cfg.prompt.max_length)
-                   for r in rows] for k, rows in splits.items()}
+    encoded, overflow = {}, {}
+    for k, rows in splits.items():
+        enc = tasks_lib.encode_split(rows, task, vocab, layout.template, layout.n_prompt, cfg.prompt.max_length,
+                                     overflow=cfg.prompt.overflow)
+        if not enc.rows:
+            raise UserError(f"--max-length {cfg.prompt.max_length}: every {k} row is too long (--overflow drop)")
+        encoded[k], overflow[k] = enc.rows, {"dropped": enc.dropped, "truncated": enc.truncated}
     params = family.head_params(model.params, cfg.model.zero_lm_head_bias)
     frozen = make_frozen(params, verbalizer_C, cfg.model.dtype)
-    return Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded)
+    return Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded,
+                   overflow)

@@ -11,9 +11,15 @@ does not recompile: generations past the budget are skipped with `lax.cond`.
 
 Selection, as Black-Box-Tuning `bbt.py` (eval_every, best_dev_perf): every
 `eval_every` calls a candidate is scored on dev and kept if its dev metric is
-strictly better than the best so far; we score the interval's lowest-train-loss
-candidate (bbt.py's parallel mode scores the generation's best). The best-on-dev
-z is the one evaluated on test.
+strictly better than the best so far. Which candidate (`dev_candidate`): bbt.py run
+serially (its run.sh) scores the member evaluated at the call where calls % eval_every
+== 0, i.e. the last member of the interval's last generation when eval_every is a
+multiple of the population ("at-eval"); our default scores the interval's
+lowest-train-loss candidate ("window-best"). The best-on-dev z is evaluated on test.
+
+Bounds (`bound` > 0): "transform" is pycma's BoundTransform (cma.bound_transform), as
+bbt.py gets from pycma: the loss is evaluated at the box-transformed z and the strategy
+is told the unbounded genotype; "clip" clips and tells the clipped z.
 
 Shape letters (bbt_jax/types.py): P population, K intrinsic dim, G generations of one interval.
 """
@@ -26,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from bbt_jax.cma import bound_transform, generation_stats
 from bbt_jax.config import SearchConfig
 from bbt_jax.problem import PromptProblem
 from bbt_jax.strategy import Strategy
@@ -51,7 +58,15 @@ class SearchState:
     best_train_loss: jax.Array  # float32, lowest finite training loss seen
     window_loss: jax.Array  # float32, lowest training loss in the current interval
     window_z_K: jax.Array  # float32 K, its candidate
+    last_loss: jax.Array  # float32, training loss of the last member evaluated (bbt.py's "at-eval" candidate)
+    last_z_K: jax.Array  # float32 K, that member
     nonfinite: jax.Array  # int32, non-finite losses seen so far
+
+
+def _step_size(es_state) -> jax.Array:
+    """The strategy's step size (mean over coordinates where it is a vector); NaN where it has none."""
+    std = getattr(es_state, "std", None)
+    return jnp.mean(std).astype(jnp.float32) if std is not None else jnp.asarray(jnp.nan, jnp.float32)
 
 
 class Search:
@@ -95,21 +110,21 @@ class Search:
             best_dev_generation=jnp.asarray(-1, jnp.int32),
             best_train_loss=jnp.asarray(jnp.inf, jnp.float32),
             window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z_K=z0_K,
+            last_loss=jnp.asarray(jnp.inf, jnp.float32), last_z_K=z0_K,
             nonfinite=jnp.asarray(0, jnp.int32))
 
     # -- one generation ----------------------------------------------------
     def _generation(self, train: PromptProblem, es_params, state: SearchState):
         key, k_ask, k_tell = jax.random.split(state.key, 3)
         with _evosax_promotion():
-            z_PxK, es_state = self.es.ask(k_ask, state.es_state, es_params)
-        if self.config.bound > 0:
-            z_PxK = jnp.clip(z_PxK, -self.config.bound, self.config.bound)
-        z_PxK = self.shard_population(z_PxK)
+            genotype_PxK, es_state = self.es.ask(k_ask, state.es_state, es_params)
+        genotype_PxK = self.shard_population(genotype_PxK)
+        z_PxK, told_PxK = self._bounded(genotype_PxK)
         loss_P, metrics_P = train(z_PxK)
         finite_P = jnp.isfinite(loss_P)
         safe_P = jnp.where(finite_P, loss_P, NONFINITE_LOSS)
         with _evosax_promotion():
-            es_state, _ = self.es.tell(k_tell, z_PxK, safe_P, es_state, es_params)
+            es_state, _ = self.es.tell(k_tell, told_PxK, safe_P, es_state, es_params)
         i = jnp.argmin(safe_P)
         better = finite_P[i] & (safe_P[i] < state.window_loss)  # a non-finite loss never enters the window
         n_finite = jnp.maximum(jnp.sum(finite_P), 1)
@@ -118,10 +133,24 @@ class Search:
             best_train_loss=jnp.minimum(state.best_train_loss, jnp.where(finite_P[i], safe_P[i], jnp.inf)),
             window_loss=jnp.where(better, safe_P[i], state.window_loss),
             window_z_K=jnp.where(better, z_PxK[i], state.window_z_K),
+            last_loss=loss_P[-1], last_z_K=z_PxK[-1],
             nonfinite=state.nonfinite + jnp.sum(~finite_P))
+        stats = generation_stats(loss_P)  # best, worst, pycma's flat-fitness reference: its stop criteria
         metrics = {"best_loss": safe_P[i], "mean_loss": jnp.sum(jnp.where(finite_P, loss_P, 0.0)) / n_finite,
-                   "best_perf": metrics_P["perf"][i], "nonfinite": jnp.sum(~finite_P)}
+                   "best_perf": metrics_P["perf"][i], "nonfinite": jnp.sum(~finite_P),
+                   "worst_loss": stats[1], "flat_ref_loss": stats[2], "step_size": _step_size(es_state)}
         return state, metrics
+
+    def _bounded(self, genotype_PxK):
+        """(z evaluated, z told to the strategy): pycma's BoundTransform evaluates the box-transformed
+        phenotype and updates on the genotype; "clip" clips and tells the clipped z."""
+        b = self.config.bound
+        if b <= 0:
+            return genotype_PxK, genotype_PxK
+        if self.config.bound_handling == "transform":
+            return bound_transform(genotype_PxK, -b, b), genotype_PxK
+        clipped = jnp.clip(genotype_PxK, -b, b)
+        return clipped, clipped
 
     def shard_population(self, z_PxK):
         """Spread the members over the mesh's first axis; the frozen model stays replicated."""
@@ -133,7 +162,8 @@ class Search:
     def _skip(self, state: SearchState):
         zero = jnp.asarray(0.0, jnp.float32)
         return state, {"best_loss": zero, "mean_loss": zero, "best_perf": zero,
-                       "nonfinite": jnp.asarray(0, jnp.int32)}
+                       "nonfinite": jnp.asarray(0, jnp.int32), "worst_loss": zero, "flat_ref_loss": zero,
+                       "step_size": zero}
 
     # -- dev selection -----------------------------------------------------
     def _dev_update(self, dev: PromptProblem, state: SearchState, z_K, valid=True):
@@ -164,8 +194,11 @@ class Search:
                                 self._skip, state)
 
         state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
-        state, dev_metrics = self._dev_update(dev, state, state.window_z_K,
-                                              valid=jnp.isfinite(state.window_loss))
+        if self.config.dev_candidate == "at-eval":  # bbt.py serial: the member evaluated at that call
+            z_K, valid = state.last_z_K, jnp.isfinite(state.last_loss)
+        else:  # the interval's lowest training loss
+            z_K, valid = state.window_z_K, jnp.isfinite(state.window_loss)
+        state, dev_metrics = self._dev_update(dev, state, z_K, valid=valid)
         state = state.replace(window_loss=jnp.asarray(jnp.inf, jnp.float32))
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
@@ -191,7 +224,10 @@ class Search:
             for j in range(n_new):
                 history.append({"generation": done + j + 1, "calls": (done + j + 1) * pop,
                                 "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
-                                "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j])})
+                                "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j]),
+                                "worst_loss": float(gens["worst_loss"][j]),
+                                "flat_ref_loss": float(gens["flat_ref_loss"][j]),
+                                "step_size": float(gens["step_size"][j])})
             done = int(out["generation"])
             d = out["dev"]
             record = {"generation": done, "calls": done * pop, "dev_perf": float(d["dev_perf"]),

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from evosax.algorithms import distribution_based_algorithms
 
-from bbt_jax.cma import LazyCMA_ES, with_tie_safe_ranks
+from bbt_jax.cma import LazyCMA_ES, PyCMA_ES, with_tie_safe_ranks
 from bbt_jax.errors import UserError
 
 # Algorithms whose constructor needs more than (population_size, solution).
@@ -32,7 +32,10 @@ _NEEDS_MORE = {name for name, cls in distribution_based_algorithms.items()
                       if p.kind is not inspect.Parameter.VAR_KEYWORD)}
 STRATEGIES: dict[str, type] = {name: cls for name, cls in distribution_based_algorithms.items()
                                if name not in _NEEDS_MORE}
-STRATEGIES["Lazy_CMA_ES"] = LazyCMA_ES  # ours (cma.py): CMA-ES with pycma's lazy eigendecomposition
+# Ours (cma.py): CMA-ES with pycma's lazy eigendecomposition; and pycma's CMA-ES (its constants, TPA step-size
+# adaptation at d >= 300 as pycma 4.5's default, lazy eigendecomposition), the paper preset's strategy.
+STRATEGIES["Lazy_CMA_ES"] = LazyCMA_ES
+STRATEGIES["PyCMA_ES"] = PyCMA_ES
 RANK_TIES = ("ordinal", "evosax")
 
 

@@ -170,9 +170,11 @@ def template_for(task: Task, vocab: Vocab, placement: str) -> str:
         if placement not in ENCODER_PLACEMENTS:
             raise UserError(f"--placement {placement}: masked LMs take one of {ENCODER_PLACEMENTS}")
         if placement == "cat":
-            # bbt.py's cat mode: the template without "<prompt> ."; the vectors go after <s>.
+            # bbt.py's cat mode: the template without "<prompt> ."; the vectors go before <s>
+            # (modeling_roberta.py: torch.cat([prompt_embedding, embedding_output])). They carry no
+            # position, so after <s> would give the same logits (tests/models/test_roberta.py).
             body = re.sub(r"^\{prompt\}( \.)? ", "", task.encoder_template)
-            return "{prompt}" + body
+            return "{prompt}{bos}" + body
         return task.encoder_template
     if placement not in DECODER_PLACEMENTS:
         raise UserError(f"--placement {placement}: decoder LMs take one of {DECODER_PLACEMENTS}")
@@ -183,7 +185,7 @@ def template_for(task: Task, vocab: Vocab, placement: str) -> str:
     return task.decoder_input + "{prompt}"
 
 
-_FIELD = re.compile(r"\{(prompt|text|text_pair|mask)\}")
+_FIELD = re.compile(r"\{(prompt|text|text_pair|mask|bos)\}")  # {bos}: <s> goes here, not first
 
 
 def _pieces(template: str) -> list[tuple[str, str]]:
@@ -243,11 +245,14 @@ def _encode(ex: Example, task: Task, vocab: Vocab, template: str, n_prompt: int,
         longest = max(texts, key=lambda k: len(texts[k]))
         texts[longest] = texts[longest][:-1]
 
-    ids: list[int] = [vocab.bos_id] if vocab.bos_id is not None else []
+    bos_placed = any(name == "bos" for _, name in pieces)
+    ids: list[int] = [vocab.bos_id] if vocab.bos_id is not None and not bos_placed else []
     prompt_start = answer_pos = -1
     for kind, name in pieces:
         if kind == "lit":
             ids += vocab.encode(name)
+        elif name == "bos":
+            ids += [vocab.bos_id] if vocab.bos_id is not None else []
         elif name.strip() == "prompt":
             prompt_start = len(ids)
             ids += list(range(PLACEHOLDER_OFFSET, PLACEHOLDER_OFFSET + n_prompt))
@@ -299,7 +304,7 @@ def original_length(ex: Example, task: Task, vocab: Vocab, template: str, n_prom
     cat = template == template_for(task, vocab, "cat")
     prompt = "" if cat else vocab.tokenizer.decode(list(range(PLACEHOLDER_OFFSET, PLACEHOLDER_OFFSET + n_prompt)))
     mask = vocab.tokenizer.id_to_token(vocab.mask_id)
-    s = template.format(prompt=prompt, mask=mask, text=task.clean(ex.text),
+    s = template.format(prompt=prompt, bos="", mask=mask, text=task.clean(ex.text),
                         text_pair=task.clean(ex.text_pair or ""))
     return len(vocab.tokenizer.encode(s, add_special_tokens=True).ids)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from bbt_jax import artifact as artifact_lib
 from bbt_jax import checkpoint as checkpoint_lib
+from bbt_jax.cma import pycma_stops
 from bbt_jax.config import Config, to_dict
 from bbt_jax.fitness import split_metrics
 from bbt_jax.harness import Harness, build
@@ -27,6 +28,16 @@ from bbt_jax.harness import Harness, build
 def format_progress(record: dict, budget: int, metric: str, rate: float) -> str:
     return (f"calls {record['calls']:>6}/{budget} | best train loss {record['best_train_loss']:.4f} | "
             f"dev {metric} {record['dev_perf']:.4f} (best {record['best_dev_perf']:.4f}) | {rate:.1f} calls/s")
+
+
+def pycma_stop_generations(history: list, num_dims: int, popsize: int) -> dict:
+    """The first generation at which pycma's tolfun / tolflatfitness would have ended bbt.py's run (null: never);
+    our search runs the whole budget either way."""
+    if not history:
+        return {"tolfun": None, "tolflatfitness": None}
+    stats_Gx3 = np.asarray([[r["best_loss"], r["worst_loss"], r["flat_ref_loss"]] for r in history], np.float32)
+    stop, _, _ = jax.device_get(pycma_stops(stats_Gx3, num_dims, popsize))
+    return {"tolfun": int(stop.tolfun_gen) or None, "tolflatfitness": int(stop.tolflatfitness_gen) or None}
 
 
 def score_candidates(h: Harness, z_PxK) -> list[dict]:
@@ -61,9 +72,17 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
     log(f"task {h.task.name} | model {h.model.source} | N={h.layout.n_prompt} d={cfg.prompt.intrinsic_dim} "
         f"pop={cfg.search.popsize} budget={cfg.search.budget} | train {h.rows('train')} dev {h.rows('dev')} "
         f"test {h.rows('test')}")
-    results: dict = {"config": to_dict(cfg), "task": h.task.name, "model": h.model.source,
-                     "template": h.layout.template, "n_prompt_tokens": h.layout.n_prompt,
-                     "verbalizer": {"ids": h.verbalizer_C.tolist()}}
+    if h.model.random_weights:
+        log(f"warning: {cfg.model.model} has RANDOM weights (a shape for timing, not a trained model); "
+            "its accuracies mean nothing")
+    tok = h.model.vocab.tokenizer
+    results: dict = {"config": to_dict(cfg), "effective": h.effective(), "task": h.task.name, "model": h.model.source,
+                     "random_weights": h.model.random_weights, "template": h.layout.template,
+                     "n_prompt_tokens": h.layout.n_prompt,
+                     "verbalizer": {"ids": h.verbalizer_C.tolist(), "words": [tok.decode([int(i)]) for i in h.verbalizer_C]},
+                     "rows": {k: {"used": h.rows(k), **v} for k, v in h.overflow.items()}}
+    if h.model.random_weights:
+        results["warning"] = "random weights: accuracies mean nothing"
 
     # restore or init
     k_search = h.keys[1]
@@ -75,7 +94,9 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
         log(f"resuming from {ckpt.directory / str(resumed.generation)} (generation {resumed.generation}, "
             f"{resumed.generation * cfg.search.popsize} calls){done}")
     elif cfg.search.dev_init:
-        state, _ = search.dev_init(dev_problem, state)
+        state, z0 = search.dev_init(dev_problem, state)
+        z0 = jax.device_get(z0)
+        results["dev_z0"] = {"perf": float(z0["dev_perf"]), "loss": float(z0["dev_loss"])}
     if out:
         checkpoint_lib.save_config(Path(out), cfg)
 
@@ -118,6 +139,7 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
     # write
     results.update({
         "calls": history[-1]["calls"] if history else 0, "generations": len(history),
+        "pycma_stops": pycma_stop_generations(history, cfg.prompt.intrinsic_dim, cfg.search.popsize),
         "dev": {"best_perf": float(best["perf"]) if int(best["gen"]) >= 0 else None,  # None: none selected
                 "best_generation": int(best["gen"]), "metric": h.task.metric},
         "test": test, "nonfinite_losses": int(best["nonfinite"]), "curve": history,

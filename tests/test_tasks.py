@@ -54,10 +54,11 @@ def test_cat_template_matches_bbt_string(name, vocab, roberta_tokenizer):
     task = T.TASKS[name]
     ex = Example("Some input text", "Other text" if task.pair else None, 1)
     enc = T.encode_example(ex, task, vocab, T.template_for(task, vocab, "cat"), N, 512)
-    # bbt.py cat mode: the template without "<prompt> ."; prompt vectors go right after <s>.
+    # bbt.py cat mode: the template without "<prompt> ."; the prompt vectors go before <s>
+    # (modeling_roberta.py: torch.cat([prompt_embedding, embedding_output])).
     s = BBT_STRINGS[name].replace("{p} . ", "").replace("{p} ", "").format(x=ex.text, y=ex.text_pair)
     ref = roberta_tokenizer.encode(s).ids
-    assert enc.ids[:1] == [0] and enc.ids[1 + N:] == ref[1:]
+    assert enc.prompt_start == 0 and enc.ids[N:] == ref and ref[0] == 0
     assert enc.ids[enc.answer_pos] == 50264
 
 

@@ -64,7 +64,7 @@ class Family:
     load_named: Callable  # (name, tokenizer_path) -> (config, params, tokenizer, source, random_weights)
     load_checkpoint: Callable  # (ckpt_dir) -> (config, params)
     make_vocab: Callable  # (tokenizer, config) -> tasks.Vocab
-    layout: Callable  # (task, vocab, placement, n_prompt, word_VxD) -> Layout
+    layout: Callable  # (task, vocab, config.PromptConfig, word_VxD) -> Layout
     head_params: Callable  # (params, zero_head_bias: bool) -> params
     word_embeddings: Callable  # params -> V x D
     prepare: Callable  # (config, params, buckets, layout) -> inputs

@@ -121,3 +121,33 @@ def load_tokenizer(path: str | Path | None, what: str):
         return Tokenizer.from_file(str(path))
     except Exception as e:
         raise UserError(f"--tokenizer {path}: unreadable tokenizer ({e})") from None
+
+
+def read_prompt_tensor(path: str | Path, flag: str = "--init-prompt") -> np.ndarray:
+    """An N x D prompt tensor from .safetensors (key 'prompt', else its only tensor) or a torch .pt file
+    (a tensor, a {'weight': tensor} dict, or a pickled nn.Embedding, as bbt.py's nli_base_prompt.pt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if "prompt" in tensors:
+                arr = tensors["prompt"]
+            elif len(tensors) == 1:
+                arr = next(iter(tensors.values()))
+            else:
+                raise ValueError(f"several tensors ({', '.join(sorted(tensors))}) and none named 'prompt'")
+        else:
+            import torch
+
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)  # bbt.py pickles an nn.Embedding
+            obj = getattr(obj, "weight", obj)
+            obj = obj["weight"] if isinstance(obj, dict) else obj
+            arr = obj.detach().float().numpy()
+    except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
+        raise UserError(f"{flag} {path}: unreadable prompt tensor ({type(e).__name__}: {e})") from None
+    arr = np.asarray(arr, np.float32)
+    return arr.reshape(-1, arr.shape[-1]) if arr.ndim > 2 else arr

@@ -188,9 +188,10 @@ def _head(config, params, h_BxD, rows_C=None):
 
 
 # ----------------------------------------------------------------------------- uncached forward
-def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None):
+def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, mode="replace"):
+    """Last hidden states; the prompt replaces the slot embeddings ("replace") or is added to them ("add")."""
     B, L = batch.input_ids_BxL.shape
-    h = splice.splice(params["embed"][batch.input_ids_BxL], prompt_NxD, batch.prompt_start_B, "replace")
+    h = splice.splice(params["embed"][batch.input_ids_BxL], prompt_NxD, batch.prompt_start_B, mode)
     pos = jnp.broadcast_to(jnp.arange(L)[None, :], (B, L))
     causal = jnp.tril(jnp.ones((L, L), bool))[None]
     bias = _bias(causal & (batch.attention_mask_BxL[:, None, :] > 0))
@@ -216,8 +217,9 @@ def _at(h_BxLxD, pos_B):
 
 def label_logits(config, params, batch: TokenBatch, verbalizer_C, prompt_NxD, layer_prompt_YxNxD=None, *,
                  placement: str = "replace") -> jax.Array:
-    """Next-token verbalizer logits (BxC, float32) after each row's last real token."""
-    h = hidden_states(config, params, batch, prompt_NxD, layer_prompt_YxNxD)
+    """Next-token verbalizer logits (BxC, float32) after each row's last real token; `placement` is the
+    splice mode ("replace" or "add")."""
+    h = hidden_states(config, params, batch, prompt_NxD, layer_prompt_YxNxD, mode=placement)
     return _head(config, params, _at(h, batch.answer_pos_B), verbalizer_C)
 
 
@@ -272,10 +274,11 @@ def encode_inputs(config, params, input_ids_BxL, input_mask_BxL) -> InputCache:
     return InputCache(k, v, input_mask_BxL.astype(jnp.int32))
 
 
-def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verbalizer_C, prompt_NxD) -> jax.Array:
-    """Verbalizer logits after the last suffix token, running only the S suffix tokens."""
+def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verbalizer_C, prompt_NxD, *,
+                        mode: str = "replace") -> jax.Array:
+    """Verbalizer logits after the last suffix token, running only the R suffix tokens."""
     B, R = suffix.ids_BxR.shape
-    h = splice.splice(params["embed"][suffix.ids_BxR], prompt_NxD, jnp.zeros((B,), jnp.int32), "replace")
+    h = splice.splice(params["embed"][suffix.ids_BxR], prompt_NxD, jnp.zeros((B,), jnp.int32), mode)
     pos = suffix.start_B[:, None] + jnp.arange(R)[None, :]
     bias_cache = _bias(jnp.broadcast_to(cache.mask_BxL[:, None, :] > 0, (B, R, cache.mask_BxL.shape[1])))
     bias_self = _bias(jnp.broadcast_to(jnp.tril(jnp.ones((R, R), bool))[None], (B, R, R)))
@@ -344,10 +347,13 @@ def _load_named(name: str, tokenizer_path):
     return config, params, tok, str(path), False
 
 
-def _layout(task, vocab, placement: str, n_prompt: int, word_VxD) -> Layout:
+def _layout(task, vocab, prompt_cfg, word_VxD) -> Layout:
     """prefix: N slots first; suffix: input, N slots, cue; cue: the prompt REPLACES the cue and
     starts at its embeddings (z = 0 is the hand-written prompt). With suffix/cue the input part
-    never depends on the candidate: its K/V cache is shared (`suffix_len` tokens run per member)."""
+    never depends on the candidate: its K/V cache is shared (`suffix_len` tokens run per member).
+    `decoder_splice` "add" (prefix/suffix): A z is added to the placeholder tokens' embeddings in the
+    slots, as the original's GPT-2 path; in cue placement replace with p0 = cue embeddings is the same."""
+    placement, n_prompt = prompt_cfg.placement, prompt_cfg.n_prompt_tokens
     template = tasks.template_for(task, vocab, placement)
     cue_ids = vocab.encode(task.decoder_cue)
     if placement == "cue":
@@ -356,8 +362,9 @@ def _layout(task, vocab, placement: str, n_prompt: int, word_VxD) -> Layout:
     else:
         p0_NxD = np.zeros((n_prompt, word_VxD.shape[1]), np.float32)
     suffix_len = {"prefix": 0, "suffix": n_prompt + len(cue_ids), "cue": n_prompt}[placement]
+    mode = prompt_cfg.decoder_splice if placement != "cue" else "replace"
     return Layout(placement=placement, template=template, n_prompt=n_prompt, p0=p0_NxD, suffix_len=suffix_len,
-                  splice="replace")
+                  splice=mode)
 
 
 def _prepare(config, params, buckets, layout: Layout):
@@ -375,10 +382,11 @@ def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
     if layout.suffix_len:
         if layers_YxNxD is not None:
             raise NotImplementedError("per-layer prompts with the shared input cache")
-        logits = [label_logits_cached(config, params, cache, suffix, verbalizer_C, prompt_NxD)
+        logits = [label_logits_cached(config, params, cache, suffix, verbalizer_C, prompt_NxD, mode=layout.splice)
                   for cache, suffix in inputs]
     else:
-        logits = [label_logits(config, params, b, verbalizer_C, prompt_NxD, layers_YxNxD) for b in inputs]
+        logits = [label_logits(config, params, b, verbalizer_C, prompt_NxD, layers_YxNxD, placement=layout.splice)
+                  for b in inputs]
     return jnp.concatenate(logits, axis=0)
 
 

@@ -82,7 +82,8 @@ _PRESETS = {
 # Random-weight models of the real shapes (timing only) and the real models' hub ids.
 RANDOM_PRESETS = {"random-roberta-base": "roberta-base", "random-roberta-large": "roberta-large", "tiny": "tiny"}
 HUB_IDS = {"roberta-base": "FacebookAI/roberta-base", "roberta-large": "FacebookAI/roberta-large"}
-_SPLICE = {"add": "add", "cat": "replace"}  # bbt.py: "add" adds A z at the slots; "cat" writes the vectors
+# bbt.py: "add" adds A z at the slots; "cat" writes the vectors (no position embedding) before <s>.
+_SPLICE = {"add": "add", "cat": "replace"}
 
 
 def preset(name: str) -> RobertaConfig:
@@ -225,6 +226,7 @@ def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple
     """Convert a transformers RobertaForMaskedLM state dict (numpy) to our params."""
     config = RobertaConfig.from_hf_dict(config_dict, source)
     read = hf.weight_getter(state, "roberta.", source)
+    names = set(state)
 
     def get(name):
         return jnp.asarray(read(name))
@@ -251,8 +253,9 @@ def from_hf(config_dict: dict, state: dict, source: str = "checkpoint") -> tuple
                    "v": lin(L + "attention.self.value"), "o": lin(L + "attention.output.dense"),
                    "attn_ln": ln(L + "attention.output.LayerNorm"), "ffn_in": lin(L + "intermediate.dense"),
                    "ffn_out": lin(L + "output.dense"), "ffn_ln": ln(L + "output.LayerNorm")},
+        # the head's forward adds decoder.bias; bbt.py's `lm_head.bias = zeros` replaces only lm_head.bias
         "lm_head": {"dense": lin("lm_head.dense", stack=False), "ln": ln("lm_head.layer_norm", stack=False),
-                    "bias": get("lm_head.bias")},
+                    "bias": get("lm_head.decoder.bias" if "lm_head.decoder.bias" in names else "lm_head.bias")},
     }
     return config, params
 
@@ -290,8 +293,9 @@ def _load_named(name: str, tokenizer_path):
     return config, params, hf.load_tokenizer(tokenizer_path, name), f"preset:{name} (random weights)", True
 
 
-def _layout(task, vocab, placement: str, n_prompt: int, word_VxD) -> Layout:
-    """bbt.py's templates; p0 = 0 (the prompt is A z alone)."""
+def _layout(task, vocab, prompt_cfg, word_VxD) -> Layout:
+    """bbt.py's templates; p0 = 0 (the prompt is A z alone; --init-prompt sets another p0)."""
+    placement, n_prompt = prompt_cfg.placement, prompt_cfg.n_prompt_tokens
     template = tasks.template_for(task, vocab, placement)
     return Layout(placement=placement, template=template, n_prompt=n_prompt,
                   p0=np.zeros((n_prompt, word_VxD.shape[1]), np.float32), splice=_SPLICE[placement])
@@ -315,7 +319,7 @@ def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
 
 
 FAMILY = Family(
-    name="roberta", kind="masked", model_type="roberta", placements=tuple(_SPLICE),
+    name="roberta", kind="masked", model_type="roberta", placements=tasks.ENCODER_PLACEMENTS,
     presets={**{k: f"random weights of {v}'s shape (timing, tests)" for k, v in RANDOM_PRESETS.items()},
              **{k: f"the real {k} ({v}), downloaded when online" for k, v in HUB_IDS.items()}},
     claims=_claims, load_named=_load_named, load_checkpoint=lambda ckpt: load(str(ckpt)), make_vocab=make_vocab,

@@ -136,6 +136,61 @@ def test_cat_placement(tmodel, ours):
     assert np.abs(got - ref).max() <= TOL
 
 
+def test_cat_before_bos_as_bbt_py(tmodel, ours):
+    """bbt.py's cat mode: the prompt vectors concatenated BEFORE the embedding output of the whole
+    input (<s> included), no position embedding, mask extended (modeling_roberta.py torch.cat)."""
+    ids, mask, answer = _rows(with_slots=False)
+    prompt = np.random.default_rng(4).normal(size=(N, 32)).astype(np.float32)
+    mask_ext = np.concatenate([np.ones((3, N), np.int64), mask], 1)
+    hook = tmodel.roberta.embeddings.register_forward_hook(
+        lambda m, i, o: torch.cat([torch.as_tensor(prompt)[None].expand(o.shape[0], -1, -1), o], 1))
+    try:
+        with torch.no_grad():
+            h = tmodel.roberta.embeddings(input_ids=torch.as_tensor(ids))
+    finally:
+        hook.remove()
+    ext = (1.0 - torch.as_tensor(mask_ext, dtype=torch.float32))[:, None, None, :] * torch.finfo(torch.float32).min
+    with torch.no_grad():
+        for layer in tmodel.roberta.encoder.layer:
+            out = layer(h, attention_mask=ext)
+            h = out[0] if isinstance(out, tuple) else out
+        ref = tmodel.lm_head(h[torch.arange(3), torch.as_tensor(answer + N)])[:, VERB].numpy()
+    ids_slots = np.concatenate([np.full((3, N), 1000), ids], 1)
+    batch = TokenBatch(jnp.asarray(ids_slots, jnp.int32), jnp.asarray(mask_ext, jnp.int32), jnp.zeros(3, jnp.int32),
+                       jnp.asarray(answer + N, jnp.int32), jnp.zeros(3, jnp.int32), jnp.ones(3, jnp.float32))
+    got = _ours(ours, batch, prompt, placement="cat")
+    assert np.abs(got - ref).max() <= TOL
+    # The vectors carry no position, and attention is order-free but for positions: the same model with the
+    # vectors right after <s> (our layout before bbt-jax 0.2) gives the same logits.
+    after = np.concatenate([ids[:, :1], np.full((3, N), 1000), ids[:, 1:]], 1)
+    other = _ours(ours, _batch(after, mask_ext, answer + N), prompt, placement="cat")
+    assert np.abs(other - ref).max() <= TOL
+    assert np.abs(got - _ours(ours, batch, 0 * prompt, placement="cat")).max() > 10 * TOL  # the prompt matters
+
+
+def test_lm_head_bias_as_bbt_py_leaves_it(tmodel):
+    """bbt.py sets `lm_head.bias = Parameter(zeros)`; the head's forward adds decoder.bias, which keeps the
+    pretrained bias. Converting that model gives the bias it really runs with; zeroing is our option."""
+    import copy
+
+    m = copy.deepcopy(tmodel)
+    m.lm_head.bias = torch.nn.parameter.Parameter(torch.zeros(m.config.vocab_size))  # bbt.py line 199
+    ids, mask, answer = _rows()
+    with torch.no_grad():
+        ref = m(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).logits
+    ref = ref[torch.arange(3), torch.as_tensor(answer)][:, VERB].numpy()
+    cfg, params = roberta.from_hf(m.config.to_dict(), {k: v.numpy() for k, v in m.state_dict().items()}, "test")
+    batch, zero = _batch(ids, mask, answer), np.zeros((N, 32), np.float32)
+    kept = roberta.FAMILY.head_params(params, False)
+    got = np.asarray(roberta.label_logits(cfg, kept, batch, jnp.asarray(VERB), jnp.asarray(zero)))
+    assert np.abs(got - ref).max() <= TOL
+    zeroed = roberta.FAMILY.head_params(params, True)
+    got0 = np.asarray(roberta.label_logits(cfg, zeroed, batch, jnp.asarray(VERB), jnp.asarray(zero)))
+    bias_C = tmodel.lm_head.decoder.bias.detach().numpy()[VERB]
+    np.testing.assert_allclose(got0, ref - bias_C[None], atol=TOL)
+    assert np.abs(bias_C).max() > 10 * TOL
+
+
 def test_layer_prompt(tmodel, ours):
     ids, mask, answer = _rows()
     rng = np.random.default_rng(3)
