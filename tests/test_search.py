@@ -130,3 +130,52 @@ def test_sep_cma_and_bound():
     state, hist = s.run(p, p, s.init(jax.random.PRNGKey(0)))
     assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.1 + 1e-7
     assert len(hist) == 13
+
+
+@pytest.mark.parametrize("handling", ["transform", "clip"])
+def test_bounds_evaluate_the_phenotype_and_tell_as_pycma(handling):
+    """transform (pycma's BoundTransform, as bbt.py): evaluate the box-transformed z, tell the unbounded
+    genotype; clip: evaluate and tell the clipped z. Checked against a hand-written generation."""
+    from bbt_jax.cma import bound_transform
+
+    problem = as_problem(*toy_problem())
+    s = make_search(budget=8, eval_every=8, bound=0.3, bound_handling=handling, sigma=2.0)
+    state0 = s.init(jax.random.PRNGKey(4))
+    state, _ = s.run(problem, problem, state0)
+    key, k_ask, k_tell = jax.random.split(state0.key, 3)
+    p = s.es_params()
+    with jax.numpy_rank_promotion("allow"):
+        geno, es = s.es.ask(k_ask, state0.es_state, p)
+        assert float(jnp.abs(geno).max()) > 0.3  # sigma 2: the box binds
+        pheno = bound_transform(geno, -0.3, 0.3) if handling == "transform" else jnp.clip(geno, -0.3, 0.3)
+        loss, _ = problem(pheno)
+        es, _ = s.es.tell(k_tell, geno if handling == "transform" else pheno, loss, es, p)
+    np.testing.assert_allclose(np.asarray(state.es_state.mean), np.asarray(es.mean), rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.3 + 1e-6  # what is scored is inside the box
+    assert float(jnp.abs(state.es_state.mean).max()) > 0.3 or handling == "clip"  # the genotype is free
+
+
+@pytest.mark.parametrize("candidate", ["at-eval", "window-best"])
+def test_dev_candidate(candidate):
+    """at-eval (bbt.py serial): the member evaluated at the call where calls % eval_every == 0, i.e. the
+    last member of the interval's last generation; window-best: the interval's lowest training loss."""
+    problem = as_problem(*toy_problem())
+    s = make_search(budget=8 * 2, eval_every=16, dev_candidate=candidate)
+    state0 = s.init(jax.random.PRNGKey(6))
+    state, _ = s.interval(problem, problem, s.es_params(), state0)  # one interval: 2 generations, then dev
+    st, p, members = state0, s.es_params(), []
+    with jax.numpy_rank_promotion("allow"):
+        key = st.key
+        es = st.es_state
+        for _ in range(2):
+            key, k_ask, k_tell = jax.random.split(key, 3)
+            z, es = s.es.ask(k_ask, es, p)
+            loss, _ = problem(z)
+            es, _ = s.es.tell(k_tell, z, loss, es, p)
+            members.append((np.asarray(z), np.asarray(loss)))
+    if candidate == "at-eval":
+        expected = members[-1][0][-1]
+    else:
+        z_all = np.concatenate([m[0] for m in members]); l_all = np.concatenate([m[1] for m in members])
+        expected = z_all[np.argmin(l_all)]
+    np.testing.assert_allclose(np.asarray(state.best_dev_z_K), expected, rtol=1e-5, atol=1e-6)

@@ -46,11 +46,11 @@ def _batch():
                                  jnp.asarray(answer, jnp.int32), jnp.zeros(3, jnp.int32), jnp.ones(3, jnp.float32))
 
 
-def _torch_ref(t, ids, mask, batch, prompt, layer_prompt=None):
+def _torch_ref(t, ids, mask, batch, prompt, layer_prompt=None, add=False):
     emb = t.model.embed_tokens(torch.as_tensor(ids)).detach().clone()
     starts = np.asarray(batch.prompt_start_B)
     for b, s in enumerate(starts):
-        emb[b, s:s + N] = torch.as_tensor(prompt)
+        emb[b, s:s + N] = emb[b, s:s + N] + torch.as_tensor(prompt) if add else torch.as_tensor(prompt)
     hooks = []
     if layer_prompt is not None:
         for li, layer in enumerate(t.model.layers):
@@ -76,6 +76,22 @@ def test_parity_with_prompt_and_padding(models):
     ref = _torch_ref(t, ids, mask, batch, prompt)
     got = np.asarray(llama.label_logits(cfg, params, batch, jnp.asarray(VERB), jnp.asarray(prompt)))
     assert np.abs(got - ref).max() <= TOL
+
+
+def test_parity_additive_prompt_as_the_original_gpt2_path(models):
+    """--decoder-splice add: A z is added to the placeholder tokens' embeddings (bbt.py's GPT-2 path),
+    uncached and through the shared input cache."""
+    t, (cfg, params) = models
+    ids, mask, batch = _batch()
+    prompt = np.random.default_rng(5).normal(size=(N, D)).astype(np.float32)
+    ref = _torch_ref(t, ids, mask, batch, prompt, add=True)
+    got = np.asarray(llama.label_logits(cfg, params, batch, jnp.asarray(VERB), jnp.asarray(prompt), placement="add"))
+    assert np.abs(got - ref).max() <= TOL
+    assert np.abs(got - _torch_ref(t, ids, mask, batch, prompt)).max() > 2 * TOL  # not the replacing form
+    inputs, suffix = llama.split_for_cache(batch, N + CUE)
+    cache = llama.encode_inputs(cfg, params, inputs.input_ids_BxL, inputs.attention_mask_BxL)
+    cached = llama.label_logits_cached(cfg, params, cache, suffix, jnp.asarray(VERB), jnp.asarray(prompt), mode="add")
+    assert np.abs(np.asarray(cached) - ref).max() <= TOL
 
 
 def test_parity_with_layer_prompt(models):
