@@ -63,7 +63,7 @@ class PromptConfig:
     verbalizer_space: bool = _f(False, "masked LMs: use ' word' (one token each) instead of bbt.py's 'word'")
     max_length: int = _f(512, "max tokens per row; the input text is truncated, never the template or prompt")
     num_buckets: int = _f(4, "length buckets of the train/dev batches inside the one compiled call (fixed "
-                          "shapes; 1 pads every row to the longest). 4 is measured by `bbt-jax bench`")
+                          "shapes; 1 pads every row to the longest). 4 is measured by `python -m tools.bench`")
 
     def __post_init__(self):
         if self.n_prompt_tokens < 1:

@@ -3,7 +3,7 @@
 XLA reads XLA_FLAGS when its backend starts (the first computation), so the
 entry point calls `apply_cpu_defaults()` before any JAX work. The user's own
 XLA_FLAGS win: a flag they set is never overridden, and BBT_JAX_XLA_DEFAULTS=0
-turns the defaults off. Measured on the 2-core CPU (`bbt-jax bench`): a plain
+turns the defaults off. Measured on the 2-core CPU (`python -m tools.bench`): a plain
 fp32 jnp.dot runs about 1.8x faster with YNNPACK's individual-dot fusion.
 These flags only concern XLA's CPU backend; GPU/TPU runs ignore them.
 """

@@ -8,7 +8,8 @@ at the answer position over the verbalizer rows only).
 Prompt semantics follow Black-Box-Tuning models/modeling_roberta.py: "add" adds the
 prompt to the embedding OUTPUT (after LayerNorm) at N placeholder-token slots; "cat"
 inserts prompt vectors that carry no position embedding, the text keeping its
-positions (we put them right after <s>; bbt.py concatenates them before <s>).
+positions (the template puts them before <s>, as bbt.py concatenates them; with no position
+embedding, after <s> gives the same logits: tests/models/test_roberta.py).
 
 Shape letters: B batch, L length, D hidden, H heads, E head dim, I intermediate,
 N prompt tokens, V vocab, C classes, Y layers.
