@@ -3,9 +3,9 @@
 `Search` knows nothing about models: it takes a strategy (strategy.py) and, at call
 time, two problems (problem.PromptProblem, the fitness contract plus the projection): one
 on the training rows, one on dev. One generation = ask -> one fused population
-evaluation -> tell. The generations
-between two dev evaluations run in `jax.lax.scan` inside ONE compiled call that
-also scores the interval's best candidate on dev and keeps the best-on-dev z, so
+evaluation -> tell. The generations between two dev evaluations run in
+`jax.lax.scan` inside ONE compiled call that also scores one candidate of the
+interval on dev and keeps the best-on-dev z, so
 the host syncs once per interval (one `jax.device_get`). A final, shorter interval
 does not recompile: generations past the budget are skipped with `lax.cond`.
 
@@ -73,7 +73,8 @@ class Search:
     """Builds the jitted interval function once; holds only static settings.
 
     `strategy`: a registered evosax strategy (strategy.make_strategy); `config`: the schedule
-    (popsize, budget, eval_every), the bound and the dev tie-break; `mesh`: shard the
+    (popsize, budget, eval_every), the bound and its handling, the dev candidate and tie-break
+    (the loss and the population chunk belong to the fitness); `mesh`: shard the
     population axis over the mesh's first axis (multi-device); None: one device.
     """
 
