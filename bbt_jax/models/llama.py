@@ -274,23 +274,32 @@ def encode_inputs(config, params, input_ids_BxL, input_mask_BxL) -> InputCache:
     return InputCache(k, v, input_mask_BxL.astype(jnp.int32))
 
 
-def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verbalizer_C, prompt_NxD, *,
-                        mode: str = "replace") -> jax.Array:
-    """Verbalizer logits after the last suffix token, running only the R suffix tokens."""
+def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verbalizer_C, prompt_NxD,
+                        layer_prompt_YxNxD=None, *, mode: str = "replace") -> jax.Array:
+    """Verbalizer logits after the last suffix token, running only the R suffix tokens.
+
+    Per-layer prompts (BBTv2's deep prompts) are added to the suffix's prompt slots before each
+    layer; the input rows come earlier and, causal, never attend to them, so the cache stays valid."""
     B, R = suffix.ids_BxR.shape
-    h = splice.splice(params["embed"][suffix.ids_BxR], prompt_NxD, jnp.zeros((B,), jnp.int32), mode)
+    start_B = jnp.zeros((B,), jnp.int32)
+    h = splice.splice(params["embed"][suffix.ids_BxR], prompt_NxD, start_B, mode)
+    extra = None
+    if layer_prompt_YxNxD is not None:
+        extra = splice.layer_additions(layer_prompt_YxNxD, start_B, R, h.dtype)
     pos = suffix.start_B[:, None] + jnp.arange(R)[None, :]
     bias_cache = _bias(jnp.broadcast_to(cache.mask_BxL[:, None, :] > 0, (B, R, cache.mask_BxL.shape[1])))
     bias_self = _bias(jnp.broadcast_to(jnp.tril(jnp.ones((R, R), bool))[None], (B, R, R)))
     bias = jnp.concatenate([bias_cache, bias_self], -1)
 
     def layer(h, xs):
-        p, kc, vc = xs
+        p, kc, vc, add = xs
+        if add is not None:
+            h = h + add
         q, k, v = _qkv(config, p, h, pos)
         h = h + _attend(config, q, [(kc, vc), (k, v)], bias) @ p["o"]
         return h + _mlp(config, p, h), None
 
-    h, _ = jax.lax.scan(layer, h, (params["layers"], cache.k_YxBxLxQxE, cache.v_YxBxLxQxE))
+    h, _ = jax.lax.scan(layer, h, (params["layers"], cache.k_YxBxLxQxE, cache.v_YxBxLxQxE, extra))
     return _head(config, params, h[:, -1], verbalizer_C)
 
 
@@ -380,10 +389,8 @@ def _prepare(config, params, buckets, layout: Layout):
 def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
     prompt_NxD, layers_YxNxD = splice.parts(prompt)
     if layout.suffix_len:
-        if layers_YxNxD is not None:
-            raise NotImplementedError("per-layer prompts with the shared input cache")
-        logits = [label_logits_cached(config, params, cache, suffix, verbalizer_C, prompt_NxD, mode=layout.splice)
-                  for cache, suffix in inputs]
+        logits = [label_logits_cached(config, params, cache, suffix, verbalizer_C, prompt_NxD, layers_YxNxD,
+                                      mode=layout.splice) for cache, suffix in inputs]
     else:
         logits = [label_logits(config, params, b, verbalizer_C, prompt_NxD, layers_YxNxD, placement=layout.splice)
                   for b in inputs]

@@ -78,6 +78,22 @@ def test_parity_with_prompt_and_padding(models):
     assert np.abs(got - ref).max() <= TOL
 
 
+def test_cached_equals_uncached_with_deep_prompts(models):
+    """Prompts at every layer (BBTv2) keep the shared input cache: the input never attends to the prompt."""
+    t, (cfg, params) = models
+    ids, mask, batch = _batch()
+    rng = np.random.default_rng(6)
+    prompt, lp = rng.normal(size=(N, D)).astype(np.float32), rng.normal(size=(2, N, D)).astype(np.float32)
+    inputs, suffix = llama.split_for_cache(batch, N + CUE)
+    cache = llama.encode_inputs(cfg, params, inputs.input_ids_BxL, inputs.attention_mask_BxL)
+    cached = llama.label_logits_cached(cfg, params, cache, suffix, jnp.asarray(VERB), jnp.asarray(prompt),
+                                       jnp.asarray(lp))
+    ref = _torch_ref(t, ids, mask, batch, prompt, lp)
+    assert np.abs(np.asarray(cached) - ref).max() <= TOL
+    no_layers = llama.label_logits_cached(cfg, params, cache, suffix, jnp.asarray(VERB), jnp.asarray(prompt))
+    assert np.abs(np.asarray(no_layers) - ref).max() > 10 * TOL  # the layer prompts matter
+
+
 def test_parity_additive_prompt_as_the_original_gpt2_path(models):
     """--decoder-splice add: A z is added to the placeholder tokens' embeddings (bbt.py's GPT-2 path),
     uncached and through the shared input cache."""
