@@ -60,10 +60,10 @@ def save_prompt(out_dir: str | Path, h: Harness, z_K, metrics: dict) -> dict[str
     prompt_NxD = np.asarray(jax.device_get(prompt_from_z(proj, jnp.asarray(z_K))), np.float32)
     p0_NxD = np.asarray(proj.p0_NxD, np.float32)
     cfg = h.cfg
-    seed = cfg.run.seed if cfg.run.projection_seed < 0 else cfg.run.projection_seed
+    seed = cfg.run.seed_of("projection")
     projection = {"seed": seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]",
                   "shape": list(map(int, proj.A_KxND.shape)), "kind": cfg.prompt.random_proj,
-                  "alpha": cfg.prompt.alpha, "sigma": cfg.prompt.proj_sigma or cfg.search.sigma}
+                  "alpha": cfg.prompt.alpha, "sigma": cfg.projection_sigma}
     blob = save({"z": z_K, "p0": p0_NxD, "prompt": prompt_NxD},
                 metadata={"format": FORMAT, "task": h.task.name, "model": h.model.source,
                           "projection": json.dumps(projection)})

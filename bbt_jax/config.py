@@ -164,6 +164,11 @@ class RunConfig:
                                "rounded up to the next dev interval (the state is on the host only there); "
                                "0: only at the end. A rerun with the same --out resumes from the latest one")
 
+    def seed_of(self, what: str) -> int:
+        """The seed of "split", "projection" or "es": its own flag, or --seed where that is -1."""
+        specific = {"split": self.split_seed, "projection": self.projection_seed, "es": self.es_seed}[what]
+        return self.seed if specific < 0 else specific
+
     def __post_init__(self):
         for name in ("k_shot", "eval_batch"):
             if getattr(self, name) < 1:
@@ -181,6 +186,11 @@ class Config:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def projection_sigma(self) -> float:
+        """The sigma inside the projection std formula: --proj-sigma, or --sigma where that is 0 (bbt.py)."""
+        return self.prompt.proj_sigma or self.search.sigma
 
 
 def paper() -> Config:

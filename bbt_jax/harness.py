@@ -58,8 +58,8 @@ class Harness:
         """(projection key, search key): split(PRNGKey(seed)) as one seed always did; --projection-seed /
         --es-seed replace the seed of one of them."""
         r = self.cfg.run
-        k_proj = jax.random.split(jax.random.PRNGKey(_seed(r.projection_seed, r.seed)))[0]
-        k_search = jax.random.split(jax.random.PRNGKey(_seed(r.es_seed, r.seed)))[1]
+        k_proj = jax.random.split(jax.random.PRNGKey(r.seed_of("projection")))[0]
+        k_search = jax.random.split(jax.random.PRNGKey(r.seed_of("es")))[1]
         return k_proj, k_search
 
     def buckets(self, split: str) -> Buckets:
@@ -88,7 +88,7 @@ class Harness:
         word_VxD = np.asarray(self.backbone.word_embeddings(self.model.params))
         return make_projection(self.keys[0], intrinsic_dim=p.intrinsic_dim, p0_NxD=self.layout.p0,
                                embed_std=embedding_std(word_VxD), alpha=p.alpha,
-                               sigma=p.proj_sigma or self.cfg.search.sigma, kind=p.random_proj)
+                               sigma=self.cfg.projection_sigma, kind=p.random_proj)
 
     def problem(self, split: str = "train", projection: Projection | None = None) -> PromptProblem:
         return PromptProblem(self.fitness(split), self.projection if projection is None else projection)
@@ -110,10 +110,10 @@ class Harness:
         r, s = cfg.run, cfg.search
         out.update(
             n_prompt_tokens=self.layout.n_prompt, placement=self.layout.placement, family=self.model.family.name,
-            proj_sigma=cfg.prompt.proj_sigma or s.sigma, strategy=strategy.name,
+            proj_sigma=cfg.projection_sigma, strategy=strategy.name,
             es_params=dict(strategy.overrides) or None, sigma=s.sigma if strategy.sigma_applies else None,
-            split_seed=_seed(r.split_seed, r.seed), projection_seed=_seed(r.projection_seed, r.seed),
-            es_seed=_seed(r.es_seed, r.seed), init_prompt=cfg.prompt.init_prompt or None,
+            split_seed=r.seed_of("split"), projection_seed=r.seed_of("projection"), es_seed=r.seed_of("es"),
+            init_prompt=cfg.prompt.init_prompt or None,
             bound=s.bound or None, bound_handling=s.bound_handling if s.bound > 0 else None,
             test_rows=self.rows("test"), random_weights=self.model.random_weights,
             zero_lm_head_bias=cfg.model.zero_lm_head_bias if kind == "masked" else None,
@@ -123,14 +123,10 @@ class Harness:
         return out
 
 
-def _seed(specific: int, seed: int) -> int:
-    return seed if specific < 0 else specific
-
-
 def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
     """train/dev/test examples of the run's task and split; empty or one-class train is an error."""
     r = cfg.run
-    paths = data_lib.split_paths(Path(r.data_dir), task.name, r.k_shot, _seed(r.split_seed, r.seed), split=r.split)
+    paths = data_lib.split_paths(Path(r.data_dir), task.name, r.k_shot, r.seed_of("split"), split=r.split)
     splits = {k: data_lib.read_jsonl(p, task.num_labels, pair=task.pair) for k, p in paths.items()}
     data_lib.check_train_split(splits["train"], paths["train"], task.num_labels)
     if not splits["dev"]:
