@@ -16,6 +16,11 @@ DTYPES = ("float32", "bfloat16")
 OVERFLOWS = ("truncate", "drop")
 DEV_CANDIDATES = ("window-best", "at-eval")
 BOUND_HANDLINGS = ("transform", "clip")
+# What is tuned and how: BBT (z of one input prompt, ES), BBTv2 (a z per layer, ES), and the gradient baselines
+# (the prompt itself, optax): prompt tuning (input) and deep prompt tuning (a prompt at every layer).
+METHODS = ("bbt", "bbtv2", "prompt-tuning", "deep-prompt-tuning")
+GRADIENT_METHODS = ("prompt-tuning", "deep-prompt-tuning")
+LAYER_SCHEDULES = ("sequential", "parallel")
 
 
 def _f(default, help: str, **kw):
@@ -82,6 +87,16 @@ class PromptConfig:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SearchConfig:
+    method: str = _f("bbt", "bbt (a z for the input prompt, searched by --strategy), bbtv2 (deepbbt.py: a z_i and "
+                     "A_i per layer, added to the hidden states of the prompt slots at every layer's input; "
+                     "README-recommended --sigma 0.2 --alpha 0.2), prompt-tuning (the N x D prompt itself trained "
+                     "with optax, see the gradient settings; --budget counts steps) or deep-prompt-tuning (a trained "
+                     "prompt at every layer's input, BBTv2's gradient counterpart)")
+    layer_schedule: str = _f("sequential", "bbtv2: sequential (deepbbt.py's divide and conquer: rounds over the "
+                             "layers, one ask/tell of that layer's strategy per generation while the other layers "
+                             "hold their best-so-far; budget // (popsize x layers) rounds) or parallel (every "
+                             "layer's strategy asked and told in each generation on one shared fitness: member j "
+                             "uses every layer's j-th candidate)")
     strategy: str = _f("cma_es", "evosax strategy, any distribution-based algorithm of evosax 0.3 by name "
                        "(cma_es, sep_cma_es, lm_ma_es, ma_es, snes, xnes, open_es, pgpe, ...; case ignored; "
                        "see bbt_jax/strategy.py)")
@@ -114,6 +129,10 @@ class SearchConfig:
         from bbt_jax.strategy import canonical, parse_overrides
 
         canonical(self.strategy)  # a UserError naming the choices
+        if self.method not in METHODS:
+            raise UserError(f"--method {self.method}: choose from {', '.join(METHODS)}")
+        if self.layer_schedule not in LAYER_SCHEDULES:
+            raise UserError(f"--layer-schedule {self.layer_schedule}: choose from {', '.join(LAYER_SCHEDULES)}")
         parse_overrides(self.es_params)
         if self.popsize < 2:
             raise UserError(f"--popsize {self.popsize}: must be >= 2")
@@ -142,6 +161,35 @@ class SearchConfig:
     @property
     def generations_per_eval(self) -> int:
         return max(1, self.eval_every // self.popsize)
+
+
+OPTIMIZERS = ("adamw", "adam", "adafactor", "sgd")
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GradientConfig:
+    """Settings of the gradient baselines (--method prompt-tuning / deep-prompt-tuning), optax throughout."""
+
+    optimizer: str = _f("adamw", "optax optimizer: adamw, adam, adafactor (Lester et al. 2021 used Adafactor at "
+                        "lr 0.3) or sgd")
+    lr: float = _f(0.01, "peak learning rate (P-tuning v2's range for RoBERTa-large is 5e-3 to 1e-2)")
+    lr_schedule: str = _f("linear", "constant, linear (decay to 0) or cosine, after --warmup-steps of linear warmup")
+    warmup_steps: int = _f(0, "steps of linear warmup from 0 to --lr")
+    weight_decay: float = _f(0.0, "decoupled weight decay of adamw (0: none; decay pulls the prompt toward 0, "
+                             "not toward p0)")
+    clip_norm: float = _f(1.0, "clip the gradient's global norm to this (0: no clipping)")
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer {self.optimizer}: choose from {', '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule {self.lr_schedule}: choose from {', '.join(LR_SCHEDULES)}")
+        if self.lr <= 0:
+            raise UserError(f"--lr {self.lr}: must be > 0")
+        for name in ("warmup_steps", "weight_decay", "clip_norm"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -185,6 +233,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    gradient: GradientConfig = field(default_factory=GradientConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     @property
@@ -223,7 +272,7 @@ def demo() -> Config:
 
 
 PRESETS = {"paper": paper, "tiny": tiny, "demo": demo}
-GROUPS = ("model", "prompt", "search", "run")
+GROUPS = ("model", "prompt", "search", "gradient", "run")
 
 
 def to_dict(cfg: Config) -> dict:
@@ -231,7 +280,9 @@ def to_dict(cfg: Config) -> dict:
 
 
 def from_dict(d: dict) -> Config:
-    return Config(**{g: getattr(Config(), g).__class__(**d[g]) for g in GROUPS})
+    """A config dict (results.json, prompt.json, checkpoints); a group missing from an older file takes its
+    defaults."""
+    return Config(**{g: getattr(Config(), g).__class__(**d.get(g, {})) for g in GROUPS})
 
 
 def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:

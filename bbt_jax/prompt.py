@@ -40,6 +40,15 @@ class Projection:
         return prompt_from_z(self, z_K)
 
 
+@struct.dataclass
+class Identity:
+    """The candidate IS the prompt (gradient baselines tune the N x D prompt, or the {"input", "layers"}
+    pytree, directly): the `decode` of fitness.Fitness that changes nothing."""
+
+    def __call__(self, prompt):
+        return prompt
+
+
 def embedding_std(word_VxD) -> float:
     """std of every word-embedding entry, in float64 as bbt.py's np.std."""
     return float(np.std(np.asarray(word_VxD, dtype=np.float64)))

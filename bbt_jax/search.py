@@ -53,13 +53,13 @@ class SearchState:
     generation: jax.Array  # int32, generations done
     best_dev_perf: jax.Array  # float32, -inf before the first dev evaluation
     best_dev_loss: jax.Array  # float32, dev loss of the best-on-dev candidate
-    best_dev_z_K: jax.Array  # float32 K, the best-on-dev candidate
+    best_dev_z: jax.Array  # float32 candidate (K; Y x K for deep prompts), the best on dev
     best_dev_generation: jax.Array  # int32, generation at which it was scored (-1: none)
     best_train_loss: jax.Array  # float32, lowest finite training loss seen
     window_loss: jax.Array  # float32, lowest training loss in the current interval
-    window_z_K: jax.Array  # float32 K, its candidate
+    window_z: jax.Array  # its candidate
     last_loss: jax.Array  # float32, training loss of the last member evaluated (bbt.py's "at-eval" candidate)
-    last_z_K: jax.Array  # float32 K, that member
+    last_z: jax.Array  # that member
     nonfinite: jax.Array  # int32, non-finite losses seen so far
 
 
@@ -83,7 +83,7 @@ class Search:
         self.es = strategy.es
         self.mesh = mesh
         self.config = config
-        self.intrinsic_dim = strategy.es.num_dims
+        self.solution = jnp.zeros_like(strategy.es.solution, dtype=jnp.float32)  # a candidate's shape: K, or Y x K
         self.total_generations = config.generations
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
@@ -98,20 +98,20 @@ class Search:
     def init(self, key: jax.Array, es_params=None) -> SearchState:
         es_params = self.es_params() if es_params is None else es_params
         key, k_init = jax.random.split(key)
-        z0_K = jnp.zeros(self.intrinsic_dim, jnp.float32)
+        z0 = self.solution  # z = 0: the initial prompt p0
         with _evosax_promotion():
-            es_state = self.es.init(k_init, z0_K, es_params)
+            es_state = self.es.init(k_init, z0, es_params)
         # evosax leaves some fields weakly typed; fix them so the first interval's output
         # state has the same types as its input (no second compilation).
         es_state = jax.tree.map(lambda x: jnp.asarray(x, dtype=x.dtype), es_state)
         return SearchState(
             es_state=es_state, key=key, generation=jnp.asarray(0, jnp.int32),
             best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_loss=jnp.asarray(jnp.inf, jnp.float32),
-            best_dev_z_K=z0_K,
+            best_dev_z=z0,
             best_dev_generation=jnp.asarray(-1, jnp.int32),
             best_train_loss=jnp.asarray(jnp.inf, jnp.float32),
-            window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z_K=z0_K,
-            last_loss=jnp.asarray(jnp.inf, jnp.float32), last_z_K=z0_K,
+            window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z=z0,
+            last_loss=jnp.asarray(jnp.inf, jnp.float32), last_z=z0,
             nonfinite=jnp.asarray(0, jnp.int32))
 
     # -- one generation ----------------------------------------------------
@@ -133,8 +133,8 @@ class Search:
             es_state=es_state, key=key, generation=state.generation + 1,
             best_train_loss=jnp.minimum(state.best_train_loss, jnp.where(finite_P[i], safe_P[i], jnp.inf)),
             window_loss=jnp.where(better, safe_P[i], state.window_loss),
-            window_z_K=jnp.where(better, z_PxK[i], state.window_z_K),
-            last_loss=loss_P[-1], last_z_K=z_PxK[-1],
+            window_z=jnp.where(better, z_PxK[i], state.window_z),
+            last_loss=loss_P[-1], last_z=z_PxK[-1],
             nonfinite=state.nonfinite + jnp.sum(~finite_P))
         stats = generation_stats(loss_P)  # best, worst, pycma's flat-fitness reference: its stop criteria
         metrics = {"best_loss": safe_P[i], "mean_loss": jnp.sum(jnp.where(finite_P, loss_P, 0.0)) / n_finite,
@@ -157,7 +157,7 @@ class Search:
         """Spread the members over the mesh's first axis; the frozen model stays replicated."""
         if self.mesh is None:
             return z_PxK
-        spec = jax.sharding.PartitionSpec(self.mesh.axis_names[0], None)
+        spec = jax.sharding.PartitionSpec(self.mesh.axis_names[0], *([None] * (z_PxK.ndim - 1)))
         return jax.lax.with_sharding_constraint(z_PxK, jax.sharding.NamedSharding(self.mesh, spec))
 
     def _skip(self, state: SearchState):
@@ -178,13 +178,13 @@ class Search:
         state = state.replace(
             best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
             best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
-            best_dev_z_K=jnp.where(better, z_K, state.best_dev_z_K),
+            best_dev_z=jnp.where(better, z_K, state.best_dev_z),
             best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
         return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
                        "best_dev_perf": state.best_dev_perf, "improved": better}
 
     def _dev_init(self, dev: PromptProblem, state: SearchState):
-        return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z_K))
+        return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z))
 
     def _interval(self, train: PromptProblem, dev: PromptProblem, es_params, state: SearchState):
         """`generations_per_eval` generations in lax.scan, then one dev evaluation."""
@@ -196,9 +196,9 @@ class Search:
 
         state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
         if self.config.dev_candidate == "at-eval":  # bbt.py serial: the member evaluated at that call
-            z_K, valid = state.last_z_K, jnp.isfinite(state.last_loss)
+            z_K, valid = state.last_z, jnp.isfinite(state.last_loss)
         else:  # the interval's lowest training loss
-            z_K, valid = state.window_z_K, jnp.isfinite(state.window_loss)
+            z_K, valid = state.window_z, jnp.isfinite(state.window_loss)
         state, dev_metrics = self._dev_update(dev, state, z_K, valid=valid)
         state = state.replace(window_loss=jnp.asarray(jnp.inf, jnp.float32))
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,

@@ -122,7 +122,7 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
     t_done = time.perf_counter()
 
     # select and test
-    best = jax.device_get({"z": state.best_dev_z_K, "perf": state.best_dev_perf,
+    best = jax.device_get({"z": state.best_dev_z, "perf": state.best_dev_perf,
                            "gen": state.best_dev_generation, "nonfinite": state.nonfinite})
     if int(best["nonfinite"]):
         log(f"warning: {int(best['nonfinite'])} candidate losses were NaN/inf; they were ranked last")

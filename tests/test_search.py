@@ -112,7 +112,7 @@ def test_nonfinite_losses_never_best():
     assert all(np.isfinite(h["best_loss"]) and h["best_loss"] < NONFINITE_LOSS for h in hist)
     assert np.isfinite(float(state.best_train_loss))
     from bbt_jax.prompt import prompt_from_z
-    assert float(prompt_from_z(proj, state.best_dev_z_K)[0, 0]) <= 0
+    assert float(prompt_from_z(proj, state.best_dev_z)[0, 0]) <= 0
 
 
 def test_dev_init_scores_z0_first():
@@ -121,14 +121,14 @@ def test_dev_init_scores_z0_first():
     state = s.init(jax.random.PRNGKey(0))
     state, m = s.dev_init(p, state)
     assert float(state.best_dev_perf) == float(m["dev_perf"])
-    assert int(state.best_dev_generation) == 0 and not np.any(np.asarray(state.best_dev_z_K))
+    assert int(state.best_dev_generation) == 0 and not np.any(np.asarray(state.best_dev_z))
 
 
 def test_sep_cma_and_bound():
     p = as_problem(*toy_problem())
     s = make_search(strategy="sep_cma_es", bound=0.1)
     state, hist = s.run(p, p, s.init(jax.random.PRNGKey(0)))
-    assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.1 + 1e-7
+    assert np.abs(np.asarray(state.best_dev_z)).max() <= 0.1 + 1e-7
     assert len(hist) == 13
 
 
@@ -151,7 +151,7 @@ def test_bounds_evaluate_the_phenotype_and_tell_as_pycma(handling):
         loss, _ = problem(pheno)
         es, _ = s.es.tell(k_tell, geno if handling == "transform" else pheno, loss, es, p)
     np.testing.assert_allclose(np.asarray(state.es_state.mean), np.asarray(es.mean), rtol=1e-5, atol=1e-6)
-    assert np.abs(np.asarray(state.best_dev_z_K)).max() <= 0.3 + 1e-6  # what is scored is inside the box
+    assert np.abs(np.asarray(state.best_dev_z)).max() <= 0.3 + 1e-6  # what is scored is inside the box
     assert float(jnp.abs(state.es_state.mean).max()) > 0.3 or handling == "clip"  # the genotype is free
 
 
@@ -178,4 +178,4 @@ def test_dev_candidate(candidate):
     else:
         z_all = np.concatenate([m[0] for m in members]); l_all = np.concatenate([m[1] for m in members])
         expected = z_all[np.argmin(l_all)]
-    np.testing.assert_allclose(np.asarray(state.best_dev_z_K), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.best_dev_z), expected, rtol=1e-5, atol=1e-6)

@@ -34,7 +34,7 @@ def test_sweep_members_equal_solo_runs():
         solo = as_problem(frozen, projs[s], data)
         state, hist = search.run(solo, solo, search.init(keys_S[s], p), es_params=p)
         np.testing.assert_allclose(curves_SxG[s], [h["best_loss"] for h in hist], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(states_S.best_dev_z_K[s]), np.asarray(state.best_dev_z_K),
+        np.testing.assert_allclose(np.asarray(states_S.best_dev_z[s]), np.asarray(state.best_dev_z),
                                    rtol=1e-4, atol=1e-5)
         assert abs(float(states_S.best_dev_perf[s]) - float(state.best_dev_perf)) < 1e-6
     assert sweep.interval._cache_size() == 1
@@ -55,14 +55,14 @@ SHARDED = textwrap.dedent('''
     s1, h1 = one.run(p, p, one.init(jax.random.PRNGKey(3)))
     s4, h4 = many.run(p, p, many.init(jax.random.PRNGKey(3)))
     np.testing.assert_allclose([h["best_loss"] for h in h1], [h["best_loss"] for h in h4], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(s1.best_dev_z_K), np.asarray(s4.best_dev_z_K), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(s1.best_dev_z), np.asarray(s4.best_dev_z), rtol=1e-4, atol=1e-5)
     projs_S, _ = stacked_projections([0, 1, 2, 3])
     keys_S = jnp.stack([jax.random.PRNGKey(s) for s in range(4)])
     plain, sharded = Sweep(one), Sweep(one, mesh=mesh)
     p_S = as_problem(frozen, projs_S, data)
     a, ca = plain.run(p_S, p_S, *plain.init(keys_S, [1.0] * 4))
     b, cb = sharded.run(p_S, p_S, *sharded.init(keys_S, [1.0] * 4))
-    assert len(b.best_dev_z_K.sharding.device_set) == 4
+    assert len(b.best_dev_z.sharding.device_set) == 4
     np.testing.assert_allclose(ca, cb, rtol=1e-5, atol=1e-6)
     print("SHARDED-OK")
 ''')
