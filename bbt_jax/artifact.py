@@ -1,8 +1,11 @@
 """The tuned prompt as a reusable artifact: prompt.safetensors + prompt.json.
 
-prompt.safetensors holds z (K), p0 (N x D) and the prompt A z + p0 (N x D), all
-float32. The projection A is not stored (K x N*D floats, 100 MB for the paper's
-settings): it is redrawn from the seed, shape and kind recorded in the card.
+prompt.safetensors holds, all float32: "prompt" (N x D, the input prompt A z + p0),
+"p0" (N x D), "z" (the searched candidate: K for BBT, Y x K for BBTv2; absent for
+gradient methods, whose candidate is the prompt) and, for deep prompts (BBTv2, deep
+prompt tuning), "layers" (Y x N x D, added at every layer's input). The projection A is
+not stored (K x N*D floats per layer, 100 MB for the paper's settings): it is redrawn
+from the seed, shape and kind recorded in the card.
 prompt.json, the card, holds what is needed to use the prompt again: task,
 model, template, verbalizer words and ids, placement, metrics, the full config,
 and the sha256 of the tensors file. Both files are written atomically.
@@ -31,7 +34,6 @@ from bbt_jax.errors import UserError
 from bbt_jax.fitness import split_metrics
 from bbt_jax.harness import Harness
 from bbt_jax.io import write_bytes_atomic
-from bbt_jax.prompt import prompt_from_z
 
 FORMAT = "bbt-jax-prompt/1"
 TENSORS_FILE = "prompt.safetensors"
@@ -45,27 +47,51 @@ PROJECTION_FIELDS = ("model", "tokenizer", "seed", "projection_seed", "intrinsic
 class SavedPrompt:
     path: Path  # the card
     card: dict
-    z_K: np.ndarray
+    z: np.ndarray | None  # K or Y x K; None for gradient methods
     p0_NxD: np.ndarray
     prompt_NxD: np.ndarray
+    layers_YxNxD: np.ndarray | None = None  # deep prompts
+
+    @property
+    def prompt(self):
+        """The prompt pytree the scorer takes (types.Prompt)."""
+        if self.layers_YxNxD is None:
+            return jnp.asarray(self.prompt_NxD)
+        return {"input": jnp.asarray(self.prompt_NxD), "layers": jnp.asarray(self.layers_YxNxD)}
 
 
-def save_prompt(out_dir: str | Path, h: Harness, z_K, metrics: dict) -> dict[str, Path]:
-    """Write prompt.safetensors and prompt.json into `out_dir`; returns both paths."""
+def _prompt_tensors(prompt) -> dict[str, np.ndarray]:
+    prompt = jax.device_get(prompt)
+    if isinstance(prompt, dict):
+        return {"prompt": np.asarray(prompt["input"], np.float32), "layers": np.asarray(prompt["layers"], np.float32)}
+    return {"prompt": np.asarray(prompt, np.float32)}
+
+
+def save_prompt(out_dir: str | Path, h: Harness, z, metrics: dict) -> dict[str, Path]:
+    """Write prompt.safetensors and prompt.json into `out_dir` for the candidate `z` of the run's method;
+    returns both paths."""
     from safetensors.numpy import save
 
     out_dir = Path(out_dir)
-    z_K = np.asarray(z_K, np.float32)
+    z = jax.tree.map(lambda x: np.asarray(x, np.float32), z)
     proj = h.projection
-    prompt_NxD = np.asarray(jax.device_get(prompt_from_z(proj, jnp.asarray(z_K))), np.float32)
-    p0_NxD = np.asarray(proj.p0_NxD, np.float32)
+    tensors = _prompt_tensors(proj(jax.tree.map(jnp.asarray, z)))
+    prompt_NxD = tensors["prompt"]
+    p0_NxD = np.asarray(h.layout.p0, np.float32)
     cfg = h.cfg
-    seed = cfg.run.seed_of("projection")
-    projection = {"seed": seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]",
-                  "shape": list(map(int, proj.A_KxND.shape)), "kind": cfg.prompt.random_proj,
-                  "alpha": cfg.prompt.alpha, "sigma": cfg.projection_sigma}
-    blob = save({"z": z_K, "p0": p0_NxD, "prompt": prompt_NxD},
-                metadata={"format": FORMAT, "task": h.task.name, "model": h.model.source,
+    projection = None
+    if not h.gradient:
+        seed = cfg.run.seed_of("projection")
+        A = proj.A_KxND if hasattr(proj, "A_KxND") else proj.A_YxKxND
+        projection = {"seed": seed, "key": "jax.random.split(jax.random.PRNGKey(seed))[0]"
+                      + ("; layer i: jax.random.split(key, Y)[i]" if h.deep else ""),
+                      "shape": list(map(int, A.shape)), "kind": cfg.prompt.random_proj,
+                      "alpha": cfg.prompt.alpha, "sigma": cfg.projection_sigma}
+        if h.method == "bbtv2":
+            projection["layer_stds"] = [float(x) for x in h.layer_stds]
+        tensors["z"] = np.asarray(z, np.float32)
+    blob = save({**tensors, "p0": p0_NxD},
+                metadata={"format": FORMAT, "task": h.task.name, "model": h.model.source, "method": h.method,
                           "projection": json.dumps(projection)})
     write_bytes_atomic(out_dir / TENSORS_FILE, blob)
     tok = h.model.vocab.tokenizer
@@ -75,8 +101,10 @@ def save_prompt(out_dir: str | Path, h: Harness, z_K, metrics: dict) -> dict[str
         "template": h.layout.template, "placement": h.layout.placement,
         "verbalizer": {"words": [tok.decode([int(i)]) for i in h.verbalizer_C],
                        "ids": [int(i) for i in h.verbalizer_C]},
+        "method": h.method, "layers": int(tensors["layers"].shape[0]) if "layers" in tensors else None,
         "n_prompt_tokens": int(prompt_NxD.shape[0]), "hidden": int(prompt_NxD.shape[1]),
-        "intrinsic_dim": int(z_K.shape[0]), "projection": projection, "metrics": metrics,
+        "intrinsic_dim": None if h.gradient else cfg.prompt.intrinsic_dim, "projection": projection,
+        "metrics": metrics,
         "config": config_lib.to_dict(cfg),
         "tensors": {"file": TENSORS_FILE, "sha256": hashlib.sha256(blob).hexdigest()},
     }
@@ -116,13 +144,16 @@ def load_prompt(path: str | Path) -> SavedPrompt:
         raise UserError(f"--prompt {card_path}: {tensors_path} does not match its card (sha256 differs)")
     try:
         t = load(blob)
-        z_K, p0_NxD, prompt_NxD = (np.asarray(t[k], np.float32) for k in ("z", "p0", "prompt"))
+        p0_NxD, prompt_NxD = (np.asarray(t[k], np.float32) for k in ("p0", "prompt"))
+        z = np.asarray(t["z"], np.float32) if "z" in t else None
+        layers_YxNxD = np.asarray(t["layers"], np.float32) if "layers" in t else None
     except Exception as e:  # noqa: BLE001 - any decoding failure is a bad file
         raise UserError(f"--prompt {tensors_path}: unreadable tensors ({type(e).__name__}: {e})") from None
-    if prompt_NxD.ndim != 2 or p0_NxD.shape != prompt_NxD.shape or z_K.ndim != 1:
-        raise UserError(f"--prompt {tensors_path}: inconsistent shapes z {z_K.shape}, p0 {p0_NxD.shape}, "
-                        f"prompt {prompt_NxD.shape}")
-    return SavedPrompt(card_path, card, z_K, p0_NxD, prompt_NxD)
+    if (prompt_NxD.ndim != 2 or p0_NxD.shape != prompt_NxD.shape
+            or (layers_YxNxD is not None and layers_YxNxD.shape[1:] != prompt_NxD.shape)):
+        raise UserError(f"--prompt {tensors_path}: inconsistent shapes p0 {p0_NxD.shape}, prompt {prompt_NxD.shape}"
+                        + (f", layers {layers_YxNxD.shape}" if layers_YxNxD is not None else ""))
+    return SavedPrompt(card_path, card, z, p0_NxD, prompt_NxD, layers_YxNxD)
 
 
 def config_for(saved: SavedPrompt, **overrides) -> config_lib.Config:
@@ -140,16 +171,23 @@ def evaluate_prompt(h: Harness, saved: SavedPrompt, *, warn: Callable[[str], Non
     if saved.prompt_NxD.shape != (n, d):
         raise UserError(f"--prompt {saved.path}: the prompt is {saved.prompt_NxD.shape[0]} x "
                         f"{saved.prompt_NxD.shape[1]}, but this model and placement take {n} x {d}")
-    same_projection = not config_lib.diff(saved.card["config"], config_lib.to_dict(h.cfg), PROJECTION_FIELDS)
+    if saved.layers_YxNxD is not None and saved.layers_YxNxD.shape[0] != h.backbone.num_layers:
+        raise UserError(f"--prompt {saved.path}: a deep prompt of {saved.layers_YxNxD.shape[0]} layers, but this "
+                        f"model has {h.backbone.num_layers}")
+    same_projection = not config_lib.diff(saved.card["config"], config_lib.to_dict(h.cfg),
+                                          PROJECTION_FIELDS + ("method",))
     agree = None
-    if same_projection:
-        rebuilt_NxD = np.asarray(jax.device_get(prompt_from_z(h.projection, jnp.asarray(saved.z_K))))
-        gap = float(np.max(np.abs(rebuilt_NxD - saved.prompt_NxD)))
-        agree = gap <= 1e-5 * (1.0 + float(np.max(np.abs(saved.prompt_NxD))))
+    if same_projection and saved.z is not None:
+        rebuilt = _prompt_tensors(h.projection(jnp.asarray(saved.z)))
+        saved_t = _prompt_tensors(saved.prompt)
+        gap = max(float(np.max(np.abs(rebuilt[k] - saved_t[k]))) for k in saved_t)
+        scale = max(float(np.max(np.abs(v))) for v in saved_t.values())
+        agree = gap <= 1e-5 * (1.0 + scale)
         if not agree:
             warn(f"warning: A z + p0 of the rebuilt projection differs from the saved prompt by {gap:.3g} "
                  "(other model weights?); scoring the saved prompt")
     # Score the embeddings themselves, with the fitness used in training.
-    test = split_metrics(h.backbone, h.frozen, h.test_batches, jnp.asarray(saved.prompt_NxD)[None], h.task.metric)[0]
+    prompts_P = jax.tree.map(lambda x: x[None], saved.prompt)
+    test = split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)[0]
     return {"prompt": str(saved.path), "task": h.task.name, "model": h.model.source, "test": test,
             "z_agrees": agree, "reported": saved.card.get("metrics", {})}

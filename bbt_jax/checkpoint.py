@@ -54,8 +54,11 @@ SEARCH_FIELDS = (
     "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt",
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
-    "eval_every", "dev_init", "dev_tiebreak_loss",
+    "eval_every", "dev_init", "dev_tiebreak_loss", "method", "layer_schedule",
+    "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "clip_norm",
 )
+# Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either.
+GRADIENT_FIELDS = ("budget",)
 
 
 @dataclasses.dataclass
@@ -83,14 +86,15 @@ def due(checkpoint_every: int, prev_generation: int, generation: int) -> bool:
 def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, where: Path) -> None:
     """Refuse to resume with settings that change the search (names every differing field)."""
     current = config_lib.to_dict(cfg)
-    differ = config_lib.diff(saved, current, SEARCH_FIELDS)
+    fields = SEARCH_FIELDS + (GRADIENT_FIELDS if cfg.search.method in config_lib.GRADIENT_METHODS else ())
+    differ = config_lib.diff(saved, current, fields)
     if differ:
         flat_saved = {k: v for g in config_lib.GROUPS for k, v in saved.get(g, {}).items()}
         flat_now = {k: v for g in config_lib.GROUPS for k, v in current[g].items()}
         what = ", ".join(f"{k} ({flat_saved.get(k)!r} -> {flat_now.get(k)!r})" for k in differ)
         raise UserError(f"{where} holds a run with other settings: {what}; pass the same settings, "
                         "or another --out to start a new run")
-    if cfg.search.generations < generation:
+    if cfg.search.method not in config_lib.GRADIENT_METHODS and cfg.search.generations < generation:
         raise UserError(f"--budget {cfg.search.budget}: {where} already holds {generation * cfg.search.popsize} "
                         f"calls (generation {generation}); pass a budget of at least that, or another --out")
 

@@ -252,6 +252,14 @@ def paper() -> Config:
                   search=SearchConfig(strategy="pycma_es", dev_candidate="at-eval"))
 
 
+def paper_bbtv2() -> Config:
+    """BBTv2 as deepbbt.py with its README's recommended settings (sigma 0.2, alpha 0.2): the paper preset
+    (pycma's CMA-ES, bbt.py's dev cadence) with --method bbtv2, sequential layer schedule."""
+    cfg = paper()
+    return Config(model=cfg.model, prompt=dataclasses.replace(cfg.prompt, alpha=0.2),
+                  search=dataclasses.replace(cfg.search, method="bbtv2", sigma=0.2), run=cfg.run)
+
+
 def tiny() -> Config:
     """Smoke runs and tests: a tiny random RoBERTa with the real tokenizer."""
     return Config(model=ModelConfig(model="tiny"),
@@ -271,7 +279,7 @@ def demo() -> Config:
                   run=RunConfig(seed=13, out="runs/demo"))
 
 
-PRESETS = {"paper": paper, "tiny": tiny, "demo": demo}
+PRESETS = {"paper": paper, "paper-bbtv2": paper_bbtv2, "tiny": tiny, "demo": demo}
 GROUPS = ("model", "prompt", "search", "gradient", "run")
 
 

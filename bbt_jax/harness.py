@@ -22,14 +22,15 @@ import numpy as np
 
 from bbt_jax import data as data_lib
 from bbt_jax import tasks as tasks_lib
-from bbt_jax.config import Config
+from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
 from bbt_jax.models.registry import load
 from bbt_jax.problem import PromptProblem
-from bbt_jax.prompt import Projection, embedding_std, make_projection
+from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
+from bbt_jax.prompt import Identity, Projection, embedding_std, make_projection
 from bbt_jax.search import Search
 from bbt_jax.strategy import make_strategy
 from bbt_jax.types import Buckets, TokenBatch
@@ -81,23 +82,86 @@ class Harness:
                                                 metric=self.task.metric, chunk=s.pop_chunk if split == "train" else 0)
         return self._fitness[split]
 
+    @property
+    def method(self) -> str:
+        return self.cfg.search.method
+
+    @property
+    def deep(self) -> bool:
+        """A prompt at every layer (bbtv2, deep-prompt-tuning)."""
+        return self.method in ("bbtv2", "deep-prompt-tuning")
+
+    @property
+    def gradient(self) -> bool:
+        return self.method in GRADIENT_METHODS
+
     @functools.cached_property
-    def projection(self) -> Projection:
-        """bbt.py's projection: std from the word embeddings, A drawn from the seed's key, p0 from the layout."""
+    def projection(self) -> Projection | DeepProjection | Identity:
+        """candidate -> prompt. bbt: bbt.py's A z + p0 (std from the word embeddings, A from the seed's key);
+        bbtv2: deepbbt.py's A_i z_i per layer (deep.py); gradient methods: the candidate is the prompt."""
         p = self.cfg.prompt
         word_VxD = np.asarray(self.backbone.word_embeddings(self.model.params))
+        if self.gradient:
+            return Identity()
+        if self.method == "bbtv2":
+            return make_deep_projection(self.keys[0], intrinsic_dim=p.intrinsic_dim, p0_NxD=self.layout.p0,
+                                        stds_Y=self.layer_stds, alpha=p.alpha, sigma=self.cfg.projection_sigma,
+                                        kind=p.random_proj)
         return make_projection(self.keys[0], intrinsic_dim=p.intrinsic_dim, p0_NxD=self.layout.p0,
                                embed_std=embedding_std(word_VxD), alpha=p.alpha,
                                sigma=self.cfg.projection_sigma, kind=p.random_proj)
 
+    @functools.cached_property
+    def layer_stds(self) -> np.ndarray:
+        """deepbbt.py's std_hat per layer (deep.layer_stds), measured once on the training rows at z = 0."""
+        word_VxD = np.asarray(self.backbone.word_embeddings(self.model.params))
+        x0 = zero_layers(self.layout.p0, self.backbone.num_layers)
+        measured = [(_layer_inputs(self.backbone, self.frozen, b, x0), b.attention_mask_BxL)
+                    for b in self.buckets("train")]
+        return layer_stds(word_VxD, jax.device_get(measured))
+
+    @property
+    def calls_per_generation(self) -> int:
+        """Calls (full passes over the training rows) per generation: the population, or 1 gradient step."""
+        return 1 if self.gradient else self.cfg.search.popsize
+
+    @property
+    def start(self):
+        """The candidate the method starts from (its zero-shot prompt): z = 0, or x0 for gradient methods."""
+        if self.gradient:
+            return self.x0
+        k = self.cfg.prompt.intrinsic_dim
+        shape = (self.backbone.num_layers, k) if self.method == "bbtv2" else (k,)
+        return jax.numpy.zeros(shape, jax.numpy.float32)
+
+    @property
+    def x0(self):
+        """The candidate at the start: z = 0 (ES methods), or the prompt p0 itself (gradient methods; zeros at
+        every layer for deep prompt tuning)."""
+        if self.method == "prompt-tuning":
+            return jax.numpy.asarray(self.layout.p0, jax.numpy.float32)
+        if self.method == "deep-prompt-tuning":
+            return zero_layers(self.layout.p0, self.backbone.num_layers)
+        return None
+
     def problem(self, split: str = "train", projection: Projection | None = None) -> PromptProblem:
         return PromptProblem(self.fitness(split), self.projection if projection is None else projection)
 
-    def search(self) -> Search:
+    def search(self):
+        """The method's search: search.Search (bbt, bbtv2) or gradient.GradientSearch (gradient methods)."""
         s = self.cfg.search
+        if self.gradient:
+            from bbt_jax.gradient import GradientSearch  # TODO(merge): module-level
+
+            return GradientSearch(self.x0, config=s, gradient=self.cfg.gradient)
+        layers = self.backbone.num_layers if self.method == "bbtv2" else 0
         strategy = make_strategy(s.strategy, popsize=s.popsize, num_dims=self.cfg.prompt.intrinsic_dim,
-                                 sigma=s.sigma, es_params=s.es_params, rank_ties=s.rank_ties)
-        return Search(strategy, config=s)
+                                 sigma=s.sigma, es_params=s.es_params, rank_ties=s.rank_ties, layers=layers,
+                                 layer_schedule=s.layer_schedule)
+        generations = None
+        if layers and s.layer_schedule == "sequential":
+            generations = sequential_generations(s.budget, s.popsize, layers)
+        return Search(strategy, config=s, generations=generations)
 
     def rows(self, split: str) -> int:
         return len(self.encoded[split])
@@ -121,6 +185,10 @@ class Harness:
             decoder_splice=self.layout.splice if kind == "causal" else None,
             tokenizer=cfg.model.tokenizer or None)
         return out
+
+
+_layer_inputs = jax.jit(lambda backbone, frozen, batch, prompt: backbone.layer_inputs(frozen, batch, prompt),
+                        static_argnums=0)
 
 
 def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:

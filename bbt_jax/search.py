@@ -75,16 +75,18 @@ class Search:
     `strategy`: a registered evosax strategy (strategy.make_strategy); `config`: the schedule
     (popsize, budget, eval_every), the bound and its handling, the dev candidate and tie-break
     (the loss and the population chunk belong to the fitness); `mesh`: shard the
-    population axis over the mesh's first axis (multi-device); None: one device.
+    population axis over the mesh's first axis (multi-device); None: one device; `generations`: the
+    number of generations where the method counts them otherwise (BBTv2's rounds; default budget // popsize).
     """
 
-    def __init__(self, strategy: Strategy, *, config: SearchConfig, mesh: jax.sharding.Mesh | None = None):
+    def __init__(self, strategy: Strategy, *, config: SearchConfig, mesh: jax.sharding.Mesh | None = None,
+                 generations: int | None = None):
         self.strategy = strategy
         self.es = strategy.es
         self.mesh = mesh
         self.config = config
         self.solution = jnp.zeros_like(strategy.es.solution, dtype=jnp.float32)  # a candidate's shape: K, or Y x K
-        self.total_generations = config.generations
+        self.total_generations = config.generations if generations is None else int(generations)
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
         self.interval = jax.jit(self._interval)

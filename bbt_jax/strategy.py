@@ -23,6 +23,7 @@ import optax
 from evosax.algorithms import distribution_based_algorithms
 
 from bbt_jax.cma import LazyCMA_ES, PyCMA_ES, with_tie_safe_ranks
+from bbt_jax.deep import Layerwise
 from bbt_jax.errors import UserError
 
 # Algorithms whose constructor needs more than (population_size, solution).
@@ -93,12 +94,14 @@ def _param_fields(es) -> tuple[str, ...]:
 
 
 def _init_args(es) -> tuple[str, ...]:
+    es = getattr(es, "inner", es)  # deep.Layerwise: the per-layer strategy
     return tuple(inspect.signature(type(es).__init__).parameters)
 
 
 def make_strategy(name: str, *, popsize: int, num_dims: int, sigma: float = 1.0, es_params: str = "",
-                  rank_ties: str = "ordinal") -> Strategy:
-    """Build a registered strategy for a flat float32 solution of `num_dims`.
+                  rank_ties: str = "ordinal", layers: int = 0, layer_schedule: str = "sequential") -> Strategy:
+    """Build a registered strategy for a flat float32 solution of `num_dims`; with `layers` > 0, one per
+    layer over a layers x num_dims solution (BBTv2, deep.Layerwise with `layer_schedule`).
 
     `rank_ties`: "ordinal" ranks tied fitness by index, as pycma does, so recombination
     weights always sum to 1 (cma.py; identical to evosax without ties); "evosax" keeps
@@ -117,4 +120,6 @@ def make_strategy(name: str, *, popsize: int, num_dims: int, sigma: float = 1.0,
     if unknown:
         raise UserError(f"--es-params: {key} has no param {', '.join(unknown)} "
                         f"(its params: {', '.join(_param_fields(es))})")
+    if layers:
+        es = Layerwise(es, layers, layer_schedule)
     return Strategy(key, es, float(sigma), tuple(overrides.items()))

@@ -40,38 +40,53 @@ def pycma_stop_generations(history: list, num_dims: int, popsize: int) -> dict:
     return {"tolfun": int(stop.tolfun_gen) or None, "tolflatfitness": int(stop.tolflatfitness_gen) or None}
 
 
-def score_candidates(h: Harness, z_PxK) -> list[dict]:
-    """Test metrics of P candidates in one pass over the test batches."""
-    prompts_P = jax.vmap(h.projection)(np.asarray(z_PxK, np.float32))
+def passes(h: Harness, history: list) -> dict:
+    """Model passes over the training split: one forward per call (ES), forward + backward per step (gradient);
+    dev passes not counted."""
+    n = history[-1]["calls"] if history else 0
+    return {"forward": n, "backward": n if h.gradient else 0}
+
+
+def score_candidates(h: Harness, candidates) -> list[dict]:
+    """Test metrics of P candidates (stacked on a leading axis) in one pass over the test batches."""
+    prompts_P = jax.vmap(h.projection)(jax.tree.map(lambda x: np.asarray(x, np.float32), candidates))
     return split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)
 
 
+def _stack(*trees):
+    return jax.tree.map(lambda *x: np.stack(x), *trees)
+
+
 def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Callable = print,
-          zero_shot: bool = False, out: str | Path | None = None) -> dict:
+          zero_shot: bool = False, out: str | Path | None = None, model=None) -> dict:
     """Run BBT end to end; returns the results dict (see README).
 
+    `model`: an already loaded model (harness.build), for several runs in one process.
     With `out`, the search state is checkpointed in out/checkpoints (see checkpoint.py)
     and resumed from there, the config goes to out/config.json and the tuned prompt to
     out/prompt.safetensors + out/prompt.json (see artifact.py).
     """
     ckpt = checkpoint_lib.Checkpointer(Path(out) / checkpoint_lib.CHECKPOINT_DIR, warn=log) if out else None
     try:
-        return _train(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, zero_shot=zero_shot, out=out)
+        return _train(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, zero_shot=zero_shot, out=out,
+                      model=model)
     finally:
         if ckpt is not None:
             ckpt.close()  # also on errors: orbax's threads must stop before the interpreter does
 
 
-def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
+def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
     t0 = time.perf_counter()
     if ckpt is not None:
         ckpt.restore(cfg)  # settings checked against the checkpoint before the model is loaded
-    h = build(cfg, default_tokenizer=default_tokenizer, log=log)
+    h = build(cfg, default_tokenizer=default_tokenizer, log=log, model=model)
     search, train_problem, dev_problem = h.search(), h.problem("train"), h.problem("dev")
     t_built = time.perf_counter()
-    log(f"task {h.task.name} | model {h.model.source} | N={h.layout.n_prompt} d={cfg.prompt.intrinsic_dim} "
-        f"pop={cfg.search.popsize} budget={cfg.search.budget} | train {h.rows('train')} dev {h.rows('dev')} "
-        f"test {h.rows('test')}")
+    what = (f"{cfg.gradient.optimizer} lr={cfg.gradient.lr} steps={cfg.search.budget}" if h.gradient else
+            f"d={cfg.prompt.intrinsic_dim} pop={cfg.search.popsize} budget={cfg.search.budget}")
+    layers = f" x {h.backbone.num_layers} layers" if h.deep else ""
+    log(f"task {h.task.name} | model {h.model.source} | {h.method} | N={h.layout.n_prompt}{layers} {what} | "
+        f"train {h.rows('train')} dev {h.rows('dev')} test {h.rows('test')}")
     if h.model.random_weights:
         log(f"warning: {cfg.model.model} has RANDOM weights (a shape for timing, not a trained model); "
             "its accuracies mean nothing")
@@ -92,7 +107,7 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
         state, history = resumed.state, resumed.history
         done = "; the search is complete" if resumed.generation >= search.total_generations else ""
         log(f"resuming from {ckpt.directory / str(resumed.generation)} (generation {resumed.generation}, "
-            f"{resumed.generation * cfg.search.popsize} calls){done}")
+            f"{resumed.generation * h.calls_per_generation} calls){done}")
     elif cfg.search.dev_init:
         state, z0 = search.dev_init(dev_problem, state)
         z0 = jax.device_get(z0)
@@ -102,7 +117,7 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
 
     # search
     t_search = time.perf_counter()
-    marks = {"last": t_search, "calls": len(history) * cfg.search.popsize, "first": None,
+    marks = {"last": t_search, "calls": history[-1]["calls"] if history else 0, "first": None,
              "generation": len(history)}
 
     def on_interval(state, history, record):
@@ -128,22 +143,24 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out):
         log(f"warning: {int(best['nonfinite'])} candidate losses were NaN/inf; they were ranked last")
     if int(best["gen"]) < 0:  # nothing finite was ever scored on dev: the prompt stays z = 0
         log("warning: no candidate had a finite dev loss; the selected prompt is z = 0")
-    if zero_shot:  # z = 0 (the hand-written / initial prompt) scored in the same test pass
-        test, results["zero_shot_test"] = score_candidates(h, np.stack([best["z"], np.zeros_like(best["z"])]))
-        log(f"zero-shot (z = 0) test: {results['zero_shot_test']}")
+    if zero_shot:  # the start (z = 0 or p0: the hand-written / initial prompt) scored in the same test pass
+        test, results["zero_shot_test"] = score_candidates(h, _stack(best["z"], jax.device_get(h.start)))
+        log(f"zero-shot (the initial prompt) test: {results['zero_shot_test']}")
     else:
-        test = score_candidates(h, np.asarray(best["z"])[None])[0]
+        test = score_candidates(h, _stack(best["z"]))[0]
     t_end = time.perf_counter()
     log(f"best dev {h.task.metric} {float(best['perf']):.4f} (generation {int(best['gen'])}) | test {test}")
 
     # write
     results.update({
         "calls": history[-1]["calls"] if history else 0, "generations": len(history),
-        "pycma_stops": pycma_stop_generations(history, cfg.prompt.intrinsic_dim, cfg.search.popsize),
+        "passes": passes(h, history),
+        "pycma_stops": (None if h.gradient else
+                        pycma_stop_generations(history, cfg.prompt.intrinsic_dim, cfg.search.popsize)),
         "dev": {"best_perf": float(best["perf"]) if int(best["gen"]) >= 0 else None,  # None: none selected
                 "best_generation": int(best["gen"]), "metric": h.task.metric},
         "test": test, "nonfinite_losses": int(best["nonfinite"]), "curve": history,
-        "best_z": np.asarray(best["z"]).tolist(),
+        "best_z": None if h.gradient else np.asarray(best["z"]).tolist(),  # gradient methods: prompt.safetensors
         "resumed_from_generation": resumed.generation if resumed is not None else None,
         "time": {"wall_s": t_end - t0, "setup_s": t_built - t0, "search_s": t_done - t_search,
                  "first_interval_s": marks["first"], "test_s": t_end - t_done},

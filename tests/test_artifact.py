@@ -43,10 +43,10 @@ def test_tensors_are_z_and_a_z_plus_p0(trained):
     from bbt_jax.harness import build
 
     saved = artifact.load_prompt(trained["out"])
-    assert saved.z_K.tolist() == trained["results"]["best_z"]
+    assert saved.z.tolist() == trained["results"]["best_z"]
     h = build(artifact.config_for(saved), default_tokenizer=cli.shared_path("models/roberta-tokenizer/tokenizer.json"))
     np.testing.assert_array_equal(saved.p0_NxD, np.asarray(h.projection.p0_NxD))
-    np.testing.assert_allclose(saved.prompt_NxD, np.asarray(prompt_from_z(h.projection, saved.z_K)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(saved.prompt_NxD, np.asarray(prompt_from_z(h.projection, saved.z)), rtol=0, atol=1e-6)
     for other in (trained["out"] / "prompt.json", trained["out"] / "prompt.safetensors"):
         assert artifact.load_prompt(other).path == saved.path
 

@@ -9,6 +9,8 @@ what happens to its head bias, and its two pure functions:
 
   prepare(config, params, buckets, layout) -> inputs   candidate-independent work, once per batch
   score(config, params, inputs, verbalizer_C, prompt, layout) -> logits_BxC   ONE candidate
+  layer_inputs(config, params, batch, prompt, layout) -> Y x B x L x D   every layer's input
+      (after its prompt) on one uncached batch: BBTv2's per-layer projection scale (deep.py)
 
 `Backbone` binds a family to one config and layout; it is static (hashable), so it can be
 a static field of the jitted fitness.
@@ -69,6 +71,7 @@ class Family:
     word_embeddings: Callable  # params -> V x D
     prepare: Callable  # (config, params, buckets, layout) -> inputs
     score: Callable  # (config, params, inputs, verbalizer_C, prompt, layout) -> logits_BxC
+    layer_inputs: Callable  # (config, params, batch, prompt, layout) -> Y x B x L x D
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -107,6 +110,14 @@ class Backbone:
 
     def word_embeddings(self, params) -> jax.Array:
         return self.family.word_embeddings(params)
+
+    def layer_inputs(self, frozen, batch, prompt) -> jax.Array:
+        """Y x B x L x D: every layer's input on one uncached batch (BBTv2's hidden-state statistics)."""
+        return self.family.layer_inputs(self.config, frozen["params"], batch, prompt, self.layout)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config.num_hidden_layers)
 
 
 def make_frozen(params, verbalizer_C, dtype: str = "float32") -> dict:

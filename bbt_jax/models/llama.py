@@ -188,8 +188,10 @@ def _head(config, params, h_BxD, rows_C=None):
 
 
 # ----------------------------------------------------------------------------- uncached forward
-def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, mode="replace"):
-    """Last hidden states; the prompt replaces the slot embeddings ("replace") or is added to them ("add")."""
+def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, mode="replace",
+                  collect: bool = False):
+    """Last hidden states; the prompt replaces the slot embeddings ("replace") or is added to them ("add").
+    `collect`: (last, every layer's input Y x B x L x D)."""
     B, L = batch.input_ids_BxL.shape
     h = splice.splice(params["embed"][batch.input_ids_BxL], prompt_NxD, batch.prompt_start_B, mode)
     pos = jnp.broadcast_to(jnp.arange(L)[None, :], (B, L))
@@ -203,12 +205,13 @@ def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_Yx
         p, add = xs
         if add is not None:
             h = h + add
+        h_in = h if collect else None
         q, k, v = _qkv(config, p, h, pos)
         h = h + _attend(config, q, [(k, v)], bias) @ p["o"]
-        return h + _mlp(config, p, h), None
+        return h + _mlp(config, p, h), h_in
 
-    h, _ = jax.lax.scan(layer, h, (params["layers"], extra))
-    return h
+    h, inputs_YxBxLxD = jax.lax.scan(layer, h, (params["layers"], extra))
+    return (h, inputs_YxBxLxD) if collect else h
 
 
 def _at(h_BxLxD, pos_B):
@@ -397,8 +400,13 @@ def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
     return jnp.concatenate(logits, axis=0)
 
 
+def _layer_inputs(config, params, batch, prompt, layout: Layout):
+    prompt_NxD, layers_YxNxD = splice.parts(prompt)
+    return hidden_states(config, params, batch, prompt_NxD, layers_YxNxD, mode=layout.splice, collect=True)[1]
+
+
 FAMILY = Family(
     name="llama", kind="causal", model_type="llama", placements=tasks.DECODER_PLACEMENTS, presets=PRESETS,
     claims=_claims, load_named=_load_named, load_checkpoint=lambda ckpt: load(str(ckpt)), make_vocab=make_vocab,
     layout=_layout, head_params=lambda params, zero_head_bias: params, word_embeddings=word_embeddings,
-    prepare=_prepare, score=_score)
+    prepare=_prepare, score=_score, layer_inputs=_layer_inputs)

@@ -164,8 +164,10 @@ def _attention(config, p, h_BxLxD, bias_Bx1x1xL):
     return _dense(jnp.einsum("bhqk,bkhe->bqhe", a, v).reshape(B, L, D), p["o"])
 
 
-def encode(config: RobertaConfig, params, h_BxLxD, attention_mask_BxL, layer_prompt_YxBxLxD=None):
-    """Post-LN transformer layers as one lax.scan; optional additive prompt before each layer."""
+def encode(config: RobertaConfig, params, h_BxLxD, attention_mask_BxL, layer_prompt_YxBxLxD=None, *,
+           collect: bool = False):
+    """Post-LN transformer layers as one lax.scan; optional additive prompt before each layer.
+    `collect`: also return every layer's input (after its prompt), Y x B x L x D."""
     eps = config.layer_norm_eps
     bias = jnp.where(attention_mask_BxL[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
 
@@ -173,12 +175,13 @@ def encode(config: RobertaConfig, params, h_BxLxD, attention_mask_BxL, layer_pro
         p, extra = xs
         if extra is not None:
             h = h + extra
+        h_in = h if collect else None
         h = _layer_norm(h + _attention(config, p, h, bias), p["attn_ln"], eps)
         ffn = _dense(jax.nn.gelu(_dense(h, p["ffn_in"]), approximate=False), p["ffn_out"])
-        return _layer_norm(h + ffn, p["ffn_ln"], eps), None
+        return _layer_norm(h + ffn, p["ffn_ln"], eps), h_in
 
-    h, _ = jax.lax.scan(layer, h_BxLxD, (params["layers"], layer_prompt_YxBxLxD))
-    return h
+    h, inputs_YxBxLxD = jax.lax.scan(layer, h_BxLxD, (params["layers"], layer_prompt_YxBxLxD))
+    return (h, inputs_YxBxLxD) if collect else h
 
 
 def _transform(config, params, h_BxD):
@@ -196,8 +199,10 @@ def head_at(config, params, h_BxLxD, answer_pos_B, rows_C=None):
     return (t_BxD @ word.T + bias[None, :]).astype(jnp.float32)
 
 
-def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, placement="add"):
-    """Last hidden states; "add" adds the prompt at the slots, "cat" replaces them (no position)."""
+def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_YxNxD=None, *, placement="add",
+                  collect: bool = False):
+    """Last hidden states; "add" adds the prompt at the slots, "cat" replaces them (no position).
+    `collect`: (last, every layer's input Y x B x L x D)."""
     mode = _SPLICE[placement]
     n, L = prompt_NxD.shape[0], batch.input_ids_BxL.shape[1]
     skip_BxL = splice.slots(batch.prompt_start_B, n, L) if placement == "cat" else None
@@ -206,7 +211,7 @@ def hidden_states(config, params, batch: TokenBatch, prompt_NxD, layer_prompt_Yx
     extra = None
     if layer_prompt_YxNxD is not None:
         extra = splice.layer_additions(layer_prompt_YxNxD, batch.prompt_start_B, L, h.dtype)
-    return encode(config, params, h, batch.attention_mask_BxL, extra)
+    return encode(config, params, h, batch.attention_mask_BxL, extra, collect=collect)
 
 
 def label_logits(config, params, batch: TokenBatch, verbalizer_C, prompt_NxD, layer_prompt_YxNxD=None, *,
@@ -319,9 +324,15 @@ def _score(config, params, inputs, verbalizer_C, prompt, layout: Layout):
     return jnp.concatenate(logits, axis=0)
 
 
+def _layer_inputs(config, params, batch, prompt, layout: Layout):
+    prompt_NxD, layers_YxNxD = splice.parts(prompt)
+    return hidden_states(config, params, batch, prompt_NxD, layers_YxNxD, placement=layout.placement, collect=True)[1]
+
+
 FAMILY = Family(
     name="roberta", kind="masked", model_type="roberta", placements=tasks.ENCODER_PLACEMENTS,
     presets={**{k: f"random weights of {v}'s shape (timing, tests)" for k, v in RANDOM_PRESETS.items()},
              **{k: f"the real {k} ({v}), downloaded when online" for k, v in HUB_IDS.items()}},
     claims=_claims, load_named=_load_named, load_checkpoint=lambda ckpt: load(str(ckpt)), make_vocab=make_vocab,
-    layout=_layout, head_params=_head_params, word_embeddings=word_embeddings, prepare=_prepare, score=_score)
+    layout=_layout, head_params=_head_params, word_embeddings=word_embeddings, prepare=_prepare, score=_score,
+    layer_inputs=_layer_inputs)
