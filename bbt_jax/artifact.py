@@ -40,7 +40,7 @@ TENSORS_FILE = "prompt.safetensors"
 CARD_FILE = "prompt.json"
 # Fields whose change redraws a different projection A (so z alone no longer gives the prompt).
 PROJECTION_FIELDS = ("model", "tokenizer", "seed", "projection_seed", "intrinsic_dim", "n_prompt_tokens", "alpha",
-                     "proj_sigma", "sigma", "random_proj", "placement", "init_prompt", "dtype")
+                     "proj_sigma", "sigma", "random_proj", "placement", "init_prompt", "prompt_init", "dtype")
 
 
 @dataclasses.dataclass

@@ -51,7 +51,7 @@ _KEEP = 3  # committed steps kept; older ones are deleted by orbax
 SEARCH_FIELDS = (
     "task", "k_shot", "seed", "split", "split_seed", "projection_seed", "es_seed",
     "model", "tokenizer", "dtype", "zero_lm_head_bias",
-    "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt",
+    "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt", "prompt_init",
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
     "eval_every", "dev_init", "dev_tiebreak_loss", "method", "layer_schedule",
@@ -234,7 +234,7 @@ class Checkpointer:
         generation = len(history)
         if generation == self.last_saved:
             return
-        meta = {"generation": generation, "calls": generation * cfg.search.popsize, "history": history,
+        meta = {"generation": generation, "calls": history[-1]["calls"] if history else 0, "history": history,
                 "config": config_lib.to_dict(cfg)}
         with _QuietOrbax():
             self.manager.save(generation, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

@@ -26,7 +26,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(getattr(paper, group)):
             default = getattr(getattr(paper, group), f.name)
             flag = "--" + f.name.replace("_", "-")
-            help_ = f"{f.metadata['help']} (paper: {default!r})"
+            help_ = f"{f.metadata['help']} (paper: {default!r})".replace("%", "%%")  # argparse formats help with %
             if isinstance(default, bool):
                 g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_)

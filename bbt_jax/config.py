@@ -21,6 +21,7 @@ BOUND_HANDLINGS = ("transform", "clip")
 METHODS = ("bbt", "bbtv2", "prompt-tuning", "deep-prompt-tuning")
 GRADIENT_METHODS = ("prompt-tuning", "deep-prompt-tuning")
 LAYER_SCHEDULES = ("sequential", "parallel")
+PROMPT_INITS = ("placement", "vocab", "random")
 
 
 def _f(default, help: str, **kw):
@@ -56,7 +57,11 @@ class PromptConfig:
                         "placeholder tokens) or cat (bbt.py: N vectors before <s>, no position embedding; p0 zeros, "
                         "bbt.py's nli_base_prompt.pt through --init-prompt). Decoders: prefix, suffix (between input and cue, "
                         "shared input cache) or cue (the prompt replaces the cue, p0 = cue embeddings)")
-    init_prompt: str = _f("", "p0 from a file: N x D tensor in .safetensors (key 'prompt' or its only tensor) or a "
+    prompt_init: str = _f("placement", "p0 when --init-prompt is empty, for every method: placement (its own p0: "
+                          "zeros for add/cat/prefix/suffix, the cue's embeddings for cue), vocab (embeddings of N "
+                          "tokens drawn from ids < 5000, frequent BPE merges, as Lester et al. 2021's sampled-"
+                          "vocabulary init) or random (normal with the word embeddings' std)")
+    init_prompt: str = _f("", "p0 from a file (a prompt artifact's folder/prompt.json works too): N x D tensor in .safetensors (key 'prompt' or its only tensor) or a "
                           "torch .pt (a tensor or an nn.Embedding, as bbt.py's nli_base_prompt.pt for cat); "
                           "empty: the placement's own p0")
     decoder_splice: str = _f("replace", "decoders, prefix/suffix placements: replace the N slot embeddings with "
@@ -83,6 +88,8 @@ class PromptConfig:
             raise UserError(f"--decoder-splice {self.decoder_splice}: choose from replace, add")
         if self.num_buckets < 1:
             raise UserError(f"--num-buckets {self.num_buckets}: must be >= 1")
+        if self.prompt_init not in PROMPT_INITS:
+            raise UserError(f"--prompt-init {self.prompt_init}: choose from {', '.join(PROMPT_INITS)}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -136,7 +143,9 @@ class SearchConfig:
         parse_overrides(self.es_params)
         if self.popsize < 2:
             raise UserError(f"--popsize {self.popsize}: must be >= 2")
-        if self.budget < self.popsize:
+        if self.budget < 1:
+            raise UserError(f"--budget {self.budget}: must be >= 1")
+        if self.method not in GRADIENT_METHODS and self.budget < self.popsize:
             raise UserError(f"--budget {self.budget}: must be >= --popsize ({self.popsize})")
         if self.loss not in ("ce", "hinge", "perf"):
             raise UserError(f"--loss {self.loss}: choose from ce, hinge, perf")

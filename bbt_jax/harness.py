@@ -25,6 +25,7 @@ from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness
+from bbt_jax.gradient import GradientSearch
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
 from bbt_jax.models.registry import load
@@ -151,8 +152,6 @@ class Harness:
         """The method's search: search.Search (bbt, bbtv2) or gradient.GradientSearch (gradient methods)."""
         s = self.cfg.search
         if self.gradient:
-            from bbt_jax.gradient import GradientSearch  # TODO(merge): module-level
-
             return GradientSearch(self.x0, config=s, gradient=self.cfg.gradient)
         layers = self.backbone.num_layers if self.method == "bbtv2" else 0
         strategy = make_strategy(s.strategy, popsize=s.popsize, num_dims=self.cfg.prompt.intrinsic_dim,
@@ -170,15 +169,24 @@ class Harness:
         """Every setting as it took effect (flat names, as the flags); null where this run ignores it."""
         cfg, kind = self.cfg, self.model.family.kind
         out = {k: v for group in dataclasses.asdict(cfg).values() for k, v in group.items()}
-        strategy = self.search().strategy
         r, s = cfg.run, cfg.search
+        if self.gradient:  # no strategy, no projection; the gradient settings apply
+            out.update({k: None for k in ("strategy", "es_params", "sigma", "popsize", "rank_ties", "bound",
+                                          "bound_handling", "intrinsic_dim", "alpha", "proj_sigma", "random_proj",
+                                          "pop_chunk", "es_seed", "dev_candidate")})
+        else:
+            strategy = self.search().strategy
+            out.update(bound=s.bound or None, bound_handling=s.bound_handling if s.bound > 0 else None)
+            out.update({f.name: None for f in dataclasses.fields(cfg.gradient)})
+            out.update(proj_sigma=cfg.projection_sigma, strategy=strategy.name,
+                       es_params=dict(strategy.overrides) or None, sigma=s.sigma if strategy.sigma_applies else None,
+                       projection_seed=r.seed_of("projection"), es_seed=r.seed_of("es"))
         out.update(
             n_prompt_tokens=self.layout.n_prompt, placement=self.layout.placement, family=self.model.family.name,
-            proj_sigma=cfg.projection_sigma, strategy=strategy.name,
-            es_params=dict(strategy.overrides) or None, sigma=s.sigma if strategy.sigma_applies else None,
-            split_seed=r.seed_of("split"), projection_seed=r.seed_of("projection"), es_seed=r.seed_of("es"),
+            layers=self.backbone.num_layers if self.deep else None,
+            layer_schedule=s.layer_schedule if self.method == "bbtv2" else None,
+            split_seed=r.seed_of("split"),
             init_prompt=cfg.prompt.init_prompt or None,
-            bound=s.bound or None, bound_handling=s.bound_handling if s.bound > 0 else None,
             test_rows=self.rows("test"), random_weights=self.model.random_weights,
             zero_lm_head_bias=cfg.model.zero_lm_head_bias if kind == "masked" else None,
             verbalizer_space=cfg.prompt.verbalizer_space if kind == "masked" else None,
@@ -189,6 +197,19 @@ class Harness:
 
 _layer_inputs = jax.jit(lambda backbone, frozen, batch, prompt: backbone.layer_inputs(frozen, batch, prompt),
                         static_argnums=0)
+
+
+VOCAB_INIT_IDS = 5000
+
+
+def initial_prompt(kind: str, word_VxD, n: int, seed: int) -> np.ndarray:
+    """p0 (N x D) of --prompt-init vocab / random, drawn from `seed` (the projection's)."""
+    rng = np.random.default_rng(seed)
+    word_VxD = np.asarray(word_VxD, np.float32)
+    if kind == "vocab":
+        ids = rng.choice(min(VOCAB_INIT_IDS, word_VxD.shape[0]), size=n, replace=False)
+        return word_VxD[ids].copy()
+    return rng.normal(0.0, embedding_std(word_VxD), (n, word_VxD.shape[1])).astype(np.float32)
 
 
 def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
@@ -216,6 +237,9 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
         raise UserError(f"--placement {cfg.prompt.placement}: {kind} take one of {family.placements}")
     word_VxD = np.asarray(family.word_embeddings(model.params))
     layout = family.layout(task, vocab, cfg.prompt, word_VxD)
+    if cfg.prompt.prompt_init != "placement" and not cfg.prompt.init_prompt:
+        layout = dataclasses.replace(layout, p0=initial_prompt(cfg.prompt.prompt_init, word_VxD, layout.p0.shape[0],
+                                                                cfg.run.seed_of("projection")))
     if cfg.prompt.init_prompt:
         p0_NxD = hf.read_prompt_tensor(cfg.prompt.init_prompt)
         if p0_NxD.shape != layout.p0.shape:

@@ -168,12 +168,12 @@ def _committed(ckpt: Path) -> int:
     return max(steps, default=0)
 
 
-def _start(data, out):
+def _start(data, out, *method):
     log = open(out.parent / f"{out.name}.log", "a")
     # A shared persistent compilation cache: the later processes skip most of the compilation.
     env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(out.parent / "jax-cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    return subprocess.Popen([sys.executable, "-m", "bbt_jax", *train_argv(data, out, *RUN)], cwd=REPO,
+    return subprocess.Popen([sys.executable, "-m", "bbt_jax", *train_argv(data, out, *RUN, *method)], cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
@@ -189,19 +189,30 @@ def _kill_after(proc, ckpt: Path, generation: int) -> int:
     return _committed(ckpt)
 
 
-def test_sigkill_twice_then_resume_is_exact(data, tmp_path):
-    straight = _start(data, tmp_path / "straight")  # runs alongside the interrupted one
+# BBT; BBTv2 (parallel: 10 generations of every layer); deep prompt tuning (40 steps, dev every 4: 10 intervals)
+METHODS = {"bbt": (), "bbtv2": ("--method", "bbtv2", "--layer-schedule", "parallel"),
+           "deep-prompt-tuning": ("--method", "deep-prompt-tuning", "--lr", "1.0")}
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_sigkill_twice_then_resume_is_exact(data, tmp_path, method):
+    flags = METHODS[method]
+    straight = _start(data, tmp_path / "straight", *flags)  # runs alongside the interrupted one
     out = tmp_path / "killed"
     ckpt = out / "checkpoints"
-    first = _kill_after(_start(data, out), ckpt, 2)
-    second = _kill_after(_start(data, out), ckpt, 5)
+    first = _kill_after(_start(data, out, *flags), ckpt, 2)
+    second = _kill_after(_start(data, out, *flags), ckpt, 5)
     assert 2 <= first < second < 10 and not (out / "results.json").exists()
-    last = _start(data, out)
+    last = _start(data, out, *flags)
     assert last.wait(timeout=120) == 0 and straight.wait(timeout=120) == 0
     a = json.loads((tmp_path / "straight" / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["resumed_from_generation"] >= second and a["resumed_from_generation"] is None
     assert b["best_z"] == a["best_z"]  # bitwise: JSON floats round-trip exactly
+    from safetensors.numpy import load_file  # the tensors bitwise (the metadata's key order may differ)
+
+    ta, tb = (load_file(str(d / "prompt.safetensors")) for d in (tmp_path / "straight", out))
+    assert sorted(ta) == sorted(tb) and all(ta[k].tobytes() == tb[k].tobytes() for k in ta)
     for key in ("dev", "test", "curve", "calls", "generations", "nonfinite_losses"):
         assert b[key] == a[key], key
     assert json.loads((out / "config.json").read_text()) == b["config"]
@@ -233,3 +244,14 @@ def test_nonfinite_losses_are_never_selected_and_reported_once(data, tmp_path, c
     assert res["best_z"] != [0.0] * 8
     assert res["best_z"][0] <= 0  # ... and it is a candidate whose losses were finite
     assert res["test"]["acc"] == res["test"]["acc"]  # scored with a finite prompt: not NaN
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_lists_every_flag(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--method", "--layer-schedule", "--optimizer", "--lr", "--prompt-init", "--dev-candidate"):
+        assert flag in text
+    assert "calls % eval_every" in text  # a literal % in a help text

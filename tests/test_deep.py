@@ -189,3 +189,26 @@ def test_search_runs_without_recompiling_per_layer(tiny_deep, schedule):
         np.testing.assert_array_equal(told, [6, 6])  # each layer told once per round
     else:
         np.testing.assert_array_equal(told, [12, 12])
+
+
+def test_sweep_of_bbtv2_cells_equals_solo_runs(tiny_deep):
+    """Cells differing in seed (projection A_i and strategy noise) vmapped in one call (sweep.py)."""
+    from bbt_jax.sweep import Sweep, stack
+
+    h0 = build(config_lib.override(tiny_deep.cfg, layer_schedule="parallel", budget=16), model=tiny_deep.model)
+    cells = [h0, build(config_lib.override(h0.cfg, seed=21), model=tiny_deep.model)]
+    search = h0.search()
+    projs_S = stack([h.projection for h in cells])
+    keys_S = jnp.stack([h.keys[1] for h in cells])
+    sweep = Sweep(search)
+    from bbt_jax.problem import PromptProblem
+
+    train_S = PromptProblem(h0.fitness("train"), projs_S)
+    dev_S = PromptProblem(h0.fitness("dev"), projs_S)
+    states_S, curves_SxG = sweep.run(train_S, dev_S, *sweep.init(keys_S, [h0.cfg.search.sigma] * 2))
+    for s, h in enumerate(cells):
+        state, hist = search.run(PromptProblem(h0.fitness("train"), h.projection),
+                                 PromptProblem(h0.fitness("dev"), h.projection), search.init(h.keys[1]))
+        np.testing.assert_allclose(curves_SxG[s], [r["best_loss"] for r in hist], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(states_S.best_dev_z[s]), np.asarray(state.best_dev_z), rtol=1e-4,
+                                   atol=1e-5)

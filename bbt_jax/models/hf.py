@@ -124,9 +124,14 @@ def load_tokenizer(path: str | Path | None, what: str):
 
 
 def read_prompt_tensor(path: str | Path, flag: str = "--init-prompt") -> np.ndarray:
-    """An N x D prompt tensor from .safetensors (key 'prompt', else its only tensor) or a torch .pt file
-    (a tensor, a {'weight': tensor} dict, or a pickled nn.Embedding, as bbt.py's nli_base_prompt.pt)."""
+    """An N x D prompt tensor from .safetensors (key 'prompt', else its only tensor; also a prompt artifact:
+    its prompt.json or the train --out folder holding it) or a torch .pt file (a tensor, a {'weight': tensor}
+    dict, or a pickled nn.Embedding, as bbt.py's nli_base_prompt.pt)."""
     path = Path(path)
+    if path.is_dir() and (path / "prompt.safetensors").is_file():  # a train --out folder (its prompt artifact)
+        path = path / "prompt.safetensors"
+    elif path.suffix == ".json" and path.with_suffix(".safetensors").is_file():  # an artifact's prompt.json
+        path = path.with_suffix(".safetensors")
     if not path.is_file():
         raise UserError(f"{flag} {path}: file not found")
     try:

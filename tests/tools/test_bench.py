@@ -58,10 +58,13 @@ def test_bench_quick_writes_schema(tmp_path, data_dir):
     # the decoder rows (a tiny Llama in --quick): cached vs uncached, the demo workload, the torch reference
     assert {"SmolLM2 fused, uncached", "SmolLM2 fused, shared input cache",
             "SmolLM2 demo (cue placement, shared input cache)"} <= set(names)
-    # ES overhead: the RoBERTa shape and the demo shape (d=500, pop 20 CMA-ES)
+    assert {"SmolLM2 demo, BBTv2 sequential (2 layer prompts)", "SmolLM2 demo, BBTv2 parallel (2 layer prompts)"} \
+        <= set(names)
+    # ES overhead: the RoBERTa shape, the demo shape (d=500, pop 20 CMA-ES), BBTv2 at the demo shape (2 layers)
     es = res["es_overhead"]
-    assert len(es) == 2 and all(r["es_ms"] > 0 and r["generation_ms"] > 0 and r["es_share"] > 0 for r in es)
+    assert len(es) == 4 and all(r["es_ms"] > 0 and r["generation_ms"] > 0 and r["es_share"] > 0 for r in es)
     assert (es[1]["dim"], es[1]["pop"], es[1]["strategy"]) == (500, 20, "CMA_ES")
+    assert [(r["method"], r["dim"]) for r in es[2:]] == [("bbtv2", 1000), ("bbtv2", 1000)]
     assert abs(es[0]["es_share"] - es[0]["es_ms"] / es[0]["generation_ms"]) < 1e-9
     # test-pass cost: sst2 and agnews, eval buckets 0 vs 4, compile and compute apart
     ev = res["eval"]

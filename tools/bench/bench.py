@@ -341,14 +341,12 @@ def es_overhead(h, generation_s: float, name: str, model: str, generations: int 
     warm-up call, vs the whole generation with its state carried over (steady_generation_seconds).
     `generation_s` (the row's figure, timed from the initial state) is kept for reference."""
     from bbt_jax.search import _evosax_promotion
-    from bbt_jax.strategy import make_strategy
 
     s = h.cfg.search
-    strategy = make_strategy(s.strategy, popsize=s.popsize, num_dims=h.cfg.prompt.intrinsic_dim, sigma=s.sigma,
-                             es_params=s.es_params)
+    strategy = h.search().strategy  # BBTv2: the layer-wise strategy (one state per layer)
     es, params = strategy.es, strategy.params()
     with _evosax_promotion():
-        state = es.init(jax.random.PRNGKey(0), jnp.zeros(es.num_dims, jnp.float32), params)
+        state = es.init(jax.random.PRNGKey(0), jnp.zeros_like(es.solution, dtype=jnp.float32), params)
 
     @jax.jit
     def run(state, key, params):
@@ -356,7 +354,7 @@ def es_overhead(h, generation_s: float, name: str, model: str, generations: int 
             k_ask, k_tell = jax.random.split(key)
             with _evosax_promotion():
                 z_PxK, state = es.ask(k_ask, state, params)
-                loss_P = jnp.sum(z_PxK * z_PxK, axis=1)  # stand-in fitness, negligible next to the ES
+                loss_P = jnp.sum((z_PxK * z_PxK).reshape(z_PxK.shape[0], -1), axis=1)  # stand-in, negligible
                 state, _ = es.tell(k_tell, z_PxK, loss_P, state, params)
             return state, loss_P[0]
 
@@ -370,7 +368,8 @@ def es_overhead(h, generation_s: float, name: str, model: str, generations: int 
         ts.append((time.perf_counter() - t) / generations)
     es_s = float(np.median(ts))
     gen_s = steady_generation_seconds(h, warmup, timed_calls)
-    return {"name": name, "model": model, "strategy": strategy.name, "dim": int(es.num_dims), "pop": s.popsize,
+    return {"name": name, "model": model, "strategy": strategy.name, "method": s.method,
+            "dim": int(es.num_dims), "pop": s.popsize,
             "es_ms": 1e3 * es_s, "generation_ms": 1e3 * gen_s, "es_share": es_s / gen_s,
             "generation_ms_from_init": 1e3 * generation_s, "es_generations_timed": generations,
             "generation_calls_timed": timed_calls}

@@ -137,6 +137,18 @@ def bench_smollm2(*, data_dir, matmul: float, threads: int, ref_candidates: int,
                     dpop * sum(F.llama_config_flops(mcfg, B, dsl, L + dsl) for B, L in dshapes), compile_s=compile_s,
                     note=f"demo preset: N={demo.layout.n_prompt} (the cue), d={demo.cfg.prompt.intrinsic_dim}"))
     es_rows = [es_overhead(demo, sec, f"demo ({label}, cue, sst2 {demo.rows('train')} rows)", label)]
+    # BBTv2 at the demo shape: one layer's strategy per generation (sequential) or every layer's (parallel)
+    for schedule in ("sequential", "parallel"):
+        deep = build(C.override(demo.cfg, method="bbtv2", layer_schedule=schedule, budget=dpop * 40),
+                     model=model, log=quiet)
+        compile_s, sec = time_generation(deep, None, repeats=2)
+        nl = deep.backbone.num_layers
+        rows.append(Row(f"SmolLM2 demo, BBTv2 {schedule} ({nl} layer prompts)", label, dpop, drows,
+                        dpop * drows * dsl, dpop * drows * dsl, sec,
+                        dpop * sum(F.llama_config_flops(mcfg, B, dsl, L + dsl) for B, L in dshapes),
+                        compile_s=compile_s, note=f"demo shape, a z of d={deep.cfg.prompt.intrinsic_dim} per layer; "
+                        f"{'1' if schedule == 'sequential' else str(nl)} strategy ask/tell per generation"))
+        es_rows.append(es_overhead(deep, sec, f"demo BBTv2 {schedule} ({label}, {nl} layers)", label))
 
     # the PyTorch reference
     z = jax.random.normal(jax.random.PRNGKey(1), (ref_candidates, dim))
