@@ -138,3 +138,23 @@ def test_config_allow_list():
         llama.LlamaConfig.from_hf_dict({"model_type": "llama", "rope_scaling": {"type": "linear"}}, "x")
     with pytest.raises(UserError, match="unsupported config key 'sliding_window'"):
         llama.LlamaConfig.from_hf_dict({"model_type": "llama", "sliding_window": 4}, "x")
+
+
+def test_layer_inputs_equal_transformers_hidden_states(models):
+    """BBTv2's statistics read every layer's input: transformers' hidden_states[:-1] (prompt replaced in)."""
+    from bbt_jax.models.family import Layout
+
+    t, (cfg, params) = models
+    ids, mask, batch = _batch()
+    prompt = np.random.default_rng(4).normal(size=(N, D)).astype(np.float32)
+    emb = t.model.embed_tokens(torch.as_tensor(ids)).detach().clone()
+    for b, s in enumerate(np.asarray(batch.prompt_start_B)):
+        emb[b, s:s + N] = torch.as_tensor(prompt)
+    with torch.no_grad():
+        ref = t(inputs_embeds=emb, attention_mask=torch.as_tensor(mask), output_hidden_states=True).hidden_states
+    layout = Layout(placement="suffix", template="", n_prompt=N, p0=prompt, splice="replace")
+    got = np.asarray(llama.FAMILY.layer_inputs(cfg, params, batch, {"input": jnp.asarray(prompt),
+                                                                  "layers": jnp.zeros((2, N, D))}, layout))
+    keep = mask > 0  # padded positions differ (masked attention rows); BBTv2 never reads them
+    for y in range(2):
+        np.testing.assert_allclose(got[y][keep], ref[y].numpy()[keep], atol=TOL)

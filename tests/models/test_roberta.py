@@ -253,3 +253,24 @@ def test_config_allow_list(tmp_path):
         roberta.RobertaConfig.from_hf_dict({"model_type": "roberta", "position_embedding_type": "relative_key"}, "x")
     with pytest.raises(UserError, match="unknown RoBERTa preset"):
         roberta.preset("nope")
+
+
+def test_layer_inputs_equal_transformers_hidden_states(tmodel, ours):
+    """BBTv2's statistics read every layer's input: transformers' hidden_states[:-1] (no layer prompt)."""
+    ids, mask, _ = _rows()
+    cfg, params = ours
+    with torch.no_grad():
+        ref = tmodel(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask),
+                     output_hidden_states=True).hidden_states
+    prompt = {"input": jnp.zeros((N, 32)), "layers": jnp.zeros((3, N, 32))}
+    got = np.asarray(roberta.FAMILY.layer_inputs(cfg, params, _batch(ids, mask, np.zeros(3, np.int64)), prompt,
+                                                 _layout()))
+    assert got.shape == (3, 3, 16, 32)
+    for y in range(3):
+        np.testing.assert_allclose(got[y], ref[y].numpy(), atol=TOL)
+
+
+def _layout():
+    from bbt_jax.models.family import Layout
+
+    return Layout(placement="add", template="", n_prompt=N, p0=np.zeros((N, 32), np.float32), splice="add")
