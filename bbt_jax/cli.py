@@ -1,6 +1,7 @@
 """`bbt-jax` command line: flags generated from the config dataclasses.
 
-Pick a preset (`--preset paper|tiny|demo`), then override any field with its flag.
+Pick a preset (`--preset paper|tiny|demo`), then override any field with its flag. `sweep` runs
+a grid of such runs (grid.py), `report` tabulates and plots finished runs (report.py).
 User mistakes print one line `error: ...` and exit with code 2, never a traceback.
 """
 
@@ -19,11 +20,13 @@ from bbt_jax.errors import UserError
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.provenance import environment
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     paper = config_lib.paper()
     for group in config_lib.GROUPS:
         g = p.add_argument_group(f"{group} settings")
         for f in dataclasses.fields(getattr(paper, group)):
+            if f.name in skip:
+                continue
             default = getattr(getattr(paper, group), f.name)
             flag = "--" + f.name.replace("_", "-")
             help_ = f"{f.metadata['help']} (paper: {default!r})".replace("%", "%%")  # argparse formats help with %
@@ -45,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--zero-shot", action="store_true",
                    help="also score z = 0 (the hand-written / initial prompt) on test")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--plot", action="store_true",
+                   help="also save --out/curve.png (training loss and dev metric vs calls)")
     _add_config_flags(t)
     e = sub.add_parser("eval", help="score a saved prompt (--out/prompt.json of a train run) on a test split",
                        description="Rebuild the experiment from the prompt's saved config, with any flag below "
@@ -52,6 +57,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt", required=True, metavar="PATH",
                    help="prompt.json, prompt.safetensors, or the train --out folder holding them")
     _add_config_flags(e)
+    s = sub.add_parser("sweep", help="train every cell of a grid of settings, one folder per cell, then report",
+                       description="Run the product of --grid values (e.g. --grid task=sst2,agnews --grid seed=13,21), "
+                       "each cell as `train --zero-shot` in --out/<key>=<value>,...; every other flag below is fixed "
+                       "for all cells. Rerun the same command to resume: finished cells are skipped. Ends with "
+                       "`report --out`.")
+    s.add_argument("--preset", choices=sorted(config_lib.PRESETS), default="paper",
+                   help="starting configuration; flags and grid values override its fields")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="a setting to vary (a train flag's name, '-' or '_') and its values; repeat for a product")
+    s.add_argument("--grid-file", metavar="JSON", help='a grid as JSON: {"task": ["sst2", "rte"], "seed": [13, 21]}')
+    s.add_argument("--out", dest="sweep_out", default="runs/sweep", metavar="DIR",
+                   help="the sweep's folder: one subfolder per cell, sweep.json, the report (default: runs/sweep)")
+    _add_config_flags(s, skip=("out",))
+    r = sub.add_parser("report", help="tables (csv, markdown) and plots over results.json files",
+                       description="One row per (task, method, seed) of every results.json found (files, or folders "
+                       "searched recursively); writes results.csv, results.md, test_by_task.png and curves.png and "
+                       "prints the markdown table.")
+    r.add_argument("runs", nargs="+", metavar="RUNS", help="results.json files or folders holding them")
+    r.add_argument("--out", metavar="DIR", help="where to write (default: the first RUNS folder)")
     return p
 
 
@@ -90,6 +114,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     results["environment"] = environment(os.environ)
     write_json_atomic(out / "results.json", results)
     print(f"wrote {out / 'results.json'}")
+    if args.plot:
+        from bbt_jax.report import plot_curve
+
+        plot_curve(results, out / "curve.png")
+        print(f"wrote {out / 'curve.png'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bbt_jax import grid as grid_lib
+
+    grid = grid_lib.parse(args.grid, args.grid_file)
+    overrides = {k: v for k, v in vars(args).items() if k in config_lib.flat_fields()}
+    both = [k for k in grid if k in overrides]
+    if both:
+        raise UserError(f"--grid {both[0]}=...: also given as --{both[0].replace('_', '-')}; give it once")
+    cfg = resolve_config(args)
+    out = check_out_dir(args.sweep_out)
+    print("base config (before the grid): " + json.dumps(config_lib.to_dict(cfg)), flush=True)
+    print(f"grid: {json.dumps(grid)} ({len(grid_lib.cells(grid))} cells)", flush=True)
+    spec = {"preset": args.preset, "grid": grid, "overrides": overrides}
+    grid_lib.run(cfg, grid, out, spec=spec, environment=environment(os.environ),
+                 default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
+                 log=lambda s: print(s, flush=True))
+    return _report([out], out)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return _report(args.runs, args.out)
+
+
+def _report(runs, out) -> int:
+    from bbt_jax.report import report
+
+    text, files = report(runs, out)
+    print(text, end="")
+    print("wrote " + ", ".join(map(str, files)))
     return 0
 
 
@@ -123,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+        commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report}
+        return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

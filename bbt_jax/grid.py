@@ -1,0 +1,245 @@
+"""Grid sweeps: every cell of a product of settings, one `train()` per cell, resumable, then the report.
+
+`bbt-jax sweep --grid task=sst2,agnews --grid seed=13,21 ...` (or `--grid-file grid.json`):
+grid keys are flat config field names (`-` or `_`), values are parsed with the field's type.
+Cells are the product in the order given (the last key varies fastest); each runs in
+`<out>/<k1>=<v1>,<k2>=<v2>` with zero-shot scoring, and writes its results.json there.
+A cell whose results.json exists is skipped; an interrupted cell resumes from its own
+checkpoints (train.py resumes from the same out). One loaded model serves every cell while
+the model and tokenizer settings stay the same (put `model` first in a grid over models).
+`<out>/sweep.json` records the grid and the fixed overrides; an `<out>` holding another sweep
+is refused. At the end, report.py tabulates `<out>`.
+
+Cells run one after another, each compiled and run on its own. Cells that differ only in
+seed could share one compiled call (sweep.py vmaps S searches); that is future work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bbt_jax import config as config_lib
+from bbt_jax.errors import UserError
+from bbt_jax.io import write_json_atomic
+
+SWEEP_FILE = "sweep.json"
+# Settings the report already tells apart (task, seed columns; the method label); any other grid key
+# goes into the cell's "label" so that cells differing in it are not averaged together.
+_REPORTED = ("task", "seed", "split_seed", "projection_seed", "es_seed", "method", "layer_schedule")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
+_MAX_NAME = 200
+
+
+def _field_type(name: str) -> type:
+    group, _ = config_lib.flat_fields()[name]
+    return type(getattr(getattr(config_lib.Config(), group), name))
+
+
+def _key(raw: str, where: str) -> str:
+    name = raw.strip().replace("-", "_")
+    if name not in config_lib.flat_fields():
+        raise UserError(f"{where}: unknown setting {raw.strip()!r} (any train flag's name, e.g. task, seed, method)")
+    if name == "out":
+        raise UserError(f"{where}: 'out' cannot vary (each cell gets its own folder under the sweep's --out)")
+    return name
+
+
+def parse_value(name: str, value, where: str):
+    """A grid value as the field's type (bool: true/false); UserError naming `where` and the value."""
+    kind = _field_type(name)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in ("true", "false"):
+                return text.lower() == "true"
+        elif kind is str:
+            return text
+        else:
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    elif kind is bool and isinstance(value, bool):
+        return value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise UserError(f"{where}: {name} takes {expected}, got {value!r}")
+
+
+def parse_items(items: list[str]) -> dict[str, list]:
+    """--grid items `key=v1,v2,...` -> {field name: [values]}, in the order given."""
+    grid: dict[str, list] = {}
+    for item in items:
+        where = f"--grid {item}"
+        raw, sep, values = item.partition("=")
+        if not sep or not raw.strip() or not values.strip():
+            raise UserError(f"{where}: expected key=value,value,... (e.g. --grid seed=13,21)")
+        name = _key(raw, where)
+        if name in grid:
+            raise UserError(f"{where}: {name} is already in the grid")
+        grid[name] = [parse_value(name, v, where) for v in values.split(",")]
+    return grid
+
+
+def read_grid_file(path: str | Path) -> dict[str, list]:
+    """--grid-file: a JSON object {key: [values]} (a single value counts as a list of one)."""
+    where = f"--grid-file {path}"
+    try:
+        obj = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"{where}: unreadable ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{where}: malformed JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected an object {{\"key\": [values], ...}}")
+    grid: dict[str, list] = {}
+    for raw, values in obj.items():
+        name = _key(raw, where)
+        if name in grid:
+            raise UserError(f"{where}: {name} appears twice")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise UserError(f"{where}: {raw} has no values")
+        grid[name] = [parse_value(name, v, f"{where} ({raw})") for v in values]
+    return grid
+
+
+def parse(items: list[str], grid_file: str | Path | None = None) -> dict[str, list]:
+    """The grid from --grid-file (first) and --grid items; a key in both is an error."""
+    grid = read_grid_file(grid_file) if grid_file else {}
+    for name, values in parse_items(items).items():
+        if name in grid:
+            raise UserError(f"--grid {name}=...: {name} is already in --grid-file {grid_file}")
+        grid[name] = values
+    if not grid:
+        raise UserError("--grid: no grid given (e.g. --grid seed=13,21 or --grid-file grid.json)")
+    return grid
+
+
+def cells(grid: dict[str, list]) -> list[dict]:
+    """The product of the grid's values, in the order given (the last key varies fastest)."""
+    return [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def _text(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def cell_name(cell: dict) -> str:
+    """`k1=v1,k2=v2`, a valid file name: other characters become `_` and an edited or overlong name gets a
+    short hash of the exact cell, so that distinct cells never share a folder."""
+    exact = ",".join(f"{k}={_text(v)}" for k, v in cell.items())
+    name = _UNSAFE.sub("_", exact)
+    if name != exact or len(name) > _MAX_NAME or name.startswith((".", "-")):
+        digest = hashlib.sha256(exact.encode()).hexdigest()[:8]
+        name = f"{name.lstrip('.-')[:_MAX_NAME]}~{digest}"
+    return name
+
+
+def cell_label(results: dict, cell: dict) -> str | None:
+    """The report's method label plus the grid settings the report does not show (None: none)."""
+    from bbt_jax.report import method_label
+
+    extra = {k: v for k, v in cell.items() if k not in _REPORTED}
+    if not extra:
+        return None
+    return method_label(results) + " " + ",".join(f"{k}={_text(v)}" for k, v in extra.items())
+
+
+def _differs(key: str, old, new) -> bool:
+    """Unequal as JSON; in the grid, key order counts too (it names the cells' folders)."""
+    new = json.loads(json.dumps(new))
+    return old != new or (key == "grid" and isinstance(old, dict) and list(old) != list(new))
+
+
+def check_spec(out: Path, spec: dict) -> None:
+    """Write out/sweep.json, or check that the one there describes the same sweep."""
+    path = out / SWEEP_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: unreadable sweep file ({e})") from None
+        diffs = [f"{k} {json.dumps(old.get(k))} -> {json.dumps(spec[k])}"
+                 for k in spec if _differs(k, old.get(k), spec[k])]
+        if diffs:
+            raise UserError(f"--out {out}: holds another sweep ({'; '.join(diffs)}); use a new --out")
+        return
+    write_json_atomic(path, spec)
+
+
+def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec: dict, environment: dict,
+        default_tokenizer: str | Path | None = None, log: Callable = print) -> list[Path]:
+    """Run every cell of `grid` on top of `base` under `out`; returns the cells' folders.
+
+    Args:
+      base: the config every cell starts from (preset + fixed overrides).
+      grid: {flat field name: [values]} (see `parse`).
+      out: the sweep's folder.
+      spec: what identifies the sweep (grid, overrides, preset), kept in out/sweep.json.
+      environment: provenance.environment(...) stored in each new results.json.
+      default_tokenizer: as train().
+      log: one line at a time.
+    """
+    from bbt_jax.models.registry import load
+    from bbt_jax.train import train
+
+    out = Path(out)
+    todo = cells(grid)
+    configs = [config_lib.override(base, **cell, out=str(out / cell_name(cell))) for cell in todo]  # validated
+    check_spec(out, spec)
+    model, model_key, spent = None, None, []
+    n = len(todo)
+    for i, (cell, cfg) in enumerate(zip(todo, configs, strict=True), 1):
+        name, cell_dir = cell_name(cell), Path(cfg.run.out)
+        if (cell_dir / "results.json").is_file():
+            log(f"[{i}/{n}] {name}: done ({_done(cell_dir / 'results.json')})")
+            continue
+        key = (cfg.model.model, cfg.model.tokenizer)
+        if key != model_key:
+            model, model_key = None, key  # release the previous model first
+            model = load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        results = train(cfg, default_tokenizer=default_tokenizer, log=lambda s, name=name: log(f"  [{name}] {s}"),
+                        zero_shot=True, out=cell_dir, model=model)
+        results["environment"] = environment
+        if (label := cell_label(results, cell)) is not None:
+            results["label"] = label
+        write_json_atomic(cell_dir / "results.json", results)
+        spent.append(time.perf_counter() - t0)
+        left = sum(not (Path(c.run.out) / "results.json").is_file() for c in configs[i:])
+        log(f"[{i}/{n}] {name}: {progress(results)} | {spent[-1]:.0f} s | "
+            f"ETA {left * sum(spent) / len(spent):.0f} s")
+    return [Path(c.run.out) for c in configs]
+
+
+def _done(path: Path) -> str:
+    from bbt_jax.report import load_results
+
+    try:
+        return progress(load_results(path))
+    except UserError as e:
+        return str(e)
+
+
+def progress(results: dict) -> str:
+    """`test acc 0.8125 (zero-shot 0.7500) | dev acc 0.8750`."""
+    from bbt_jax.report import test_metric
+
+    m = test_metric(results)
+    zs = results.get("zero_shot_test") or {}
+    line = f"test {m} {results['test'][m]:.4f}" + (f" (zero-shot {zs[m]:.4f})" if m in zs else "")
+    dev = results.get("dev") or {}
+    if dev.get("best_perf") is not None:
+        line += f" | dev {dev.get('metric', m)} {dev['best_perf']:.4f}"
+    return line

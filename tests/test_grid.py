@@ -1,0 +1,118 @@
+"""grid.py: --grid parsing (typed values, one-line errors), cell names, and a tiny sweep end to end
+through the CLI (cells, report, resume by skipping, another grid refused)."""
+
+import json
+
+import pytest
+
+from bbt_jax import cli, grid
+from bbt_jax.errors import UserError
+
+
+def test_values_take_the_field_type():
+    g = grid.parse(["task=sst2,rte", "seed=13,21", "sigma=0.5,1", "dev-init=true,False", "n_prompt_tokens=4"])
+    assert g == {"task": ["sst2", "rte"], "seed": [13, 21], "sigma": [0.5, 1.0], "dev_init": [True, False],
+                 "n_prompt_tokens": [4]}
+    assert isinstance(g["sigma"][1], float) and isinstance(g["seed"][0], int)
+
+
+def test_cells_are_the_product_in_order():
+    cells = grid.cells({"task": ["sst2", "rte"], "seed": [13, 21]})
+    assert cells == [{"task": "sst2", "seed": 13}, {"task": "sst2", "seed": 21},
+                     {"task": "rte", "seed": 13}, {"task": "rte", "seed": 21}]
+
+
+@pytest.mark.parametrize("items, match", [
+    (["nope=1,2"], r"--grid nope=1,2: unknown setting 'nope'"),
+    (["seed=13,x"], r"--grid seed=13,x: seed takes an integer, got 'x'"),
+    (["dev_init=yes"], r"--grid dev_init=yes: dev_init takes true or false, got 'yes'"),
+    (["sigma=fast"], r"--grid sigma=fast: sigma takes a number"),
+    (["seed"], r"--grid seed: expected key=value"),
+    (["seed="], r"--grid seed=: expected key=value"),
+    (["seed=1", "seed=2"], r"--grid seed=2: seed is already in the grid"),
+    (["out=a,b"], r"--grid out=a,b: 'out' cannot vary"),
+    ([], r"--grid: no grid given"),
+])
+def test_bad_grid_items(items, match):
+    with pytest.raises(UserError, match=match):
+        grid.parse(items)
+
+
+def test_grid_file(tmp_path):
+    f = tmp_path / "grid.json"
+    f.write_text(json.dumps({"task": ["sst2", "agnews"], "seed": [13, 21], "dev-init": [True], "sigma": 1}))
+    assert grid.parse(["method=bbt,bbtv2"], f) == {"task": ["sst2", "agnews"], "seed": [13, 21], "dev_init": [True],
+                                                   "sigma": [1.0], "method": ["bbt", "bbtv2"]}
+    with pytest.raises(UserError, match="already in --grid-file"):
+        grid.parse(["seed=1"], f)
+    f.write_text(json.dumps({"seed": ["13", 1.5]}))
+    with pytest.raises(UserError, match=r"--grid-file .*grid.json \(seed\): seed takes an integer, got 1.5"):
+        grid.parse([], f)
+    f.write_text("{")
+    with pytest.raises(UserError, match="malformed JSON"):
+        grid.parse([], f)
+    with pytest.raises(UserError, match="unreadable"):
+        grid.parse([], tmp_path / "missing.json")
+
+
+def test_cell_names_are_valid_and_distinct():
+    assert grid.cell_name({"task": "sst2", "seed": 13, "dev_init": True, "sigma": 0.5}) == \
+        "task=sst2,seed=13,dev_init=true,sigma=0.5"
+    a = grid.cell_name({"init_prompt": "runs/a/prompt.json"})
+    b = grid.cell_name({"init_prompt": "runs_a/prompt.json"})
+    assert "/" not in a and a != b and a == grid.cell_name({"init_prompt": "runs/a/prompt.json"})
+    assert len(grid.cell_name({"es_params": "x" * 500})) < 255
+
+
+def test_cell_label_names_settings_the_report_does_not_show():
+    results = {"effective": {"method": "bbt", "strategy": "CMA_ES"}}
+    assert grid.cell_label(results, {"task": "sst2", "seed": 13, "method": "bbt"}) is None
+    assert grid.cell_label(results, {"seed": 13, "sigma": 0.5}) == "bbt sigma=0.5"
+
+
+def _err(argv, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "sw")
+    assert "--grid seed=13,x" in _err(["sweep", "--preset", "tiny", "--grid", "seed=13,x", "--out", out], capsys)
+    assert "--method nope" in _err(["sweep", "--preset", "tiny", "--grid", "method=bbt,nope", "--out", out], capsys)
+    assert "also given as --seed" in _err(["sweep", "--preset", "tiny", "--grid", "seed=1", "--seed", "2",
+                                          "--out", out], capsys)
+    assert not (tmp_path / "sw" / "sweep.json").exists()  # nothing started
+
+
+def test_tiny_sweep_end_to_end(tmp_path, data_dir, capsys):
+    out = tmp_path / "sweep"  # one length bucket: less to compile
+    argv = ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid", "seed=13,21", "--budget", "8",
+            "--eval-every", "4", "--test-rows", "16", "--num-buckets", "1", "--eval-buckets", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    cells = [out / "seed=13", out / "seed=21"]
+    results = [json.loads((c / "results.json").read_text()) for c in cells]
+    assert [r["effective"]["split_seed"] for r in results] == [13, 21]
+    assert all("environment" in r and "zero_shot_test" in r and "label" not in r for r in results)
+    assert "[1/2] seed=13: test acc" in printed and "[2/2] seed=21: test acc" in printed and "ETA" in printed
+    for name in ("results.csv", "results.md", "test_by_task.png", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    csv = (out / "results.csv").read_text().splitlines()
+    assert len(csv) == 1 + 4  # header, bbt and zero-shot for each seed
+    assert "| bbt |" in printed and "| zero-shot |" in printed
+    assert json.loads((out / "sweep.json").read_text())["grid"] == {"seed": [13, 21]}
+
+    mtimes = [(c / "results.json").stat().st_mtime_ns for c in cells]
+    assert cli.main(argv) == 0  # the same sweep again: every cell is done
+    printed = capsys.readouterr().out
+    assert "[1/2] seed=13: done" in printed and "[2/2] seed=21: done" in printed
+    assert [(c / "results.json").stat().st_mtime_ns for c in cells] == mtimes
+
+    other = [a if a != "seed=13,21" else "seed=13,42" for a in argv]
+    err = _err(other, capsys)
+    assert f"--out {out}: holds another sweep" in err and '{"seed": [13, 42]}' in err
+    err = _err([a if a != "8" else "12" for a in argv], capsys)
+    assert "overrides" in err and '"budget": 12' in err
+    assert not (out / "seed=42").exists()
