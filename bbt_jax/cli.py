@@ -1,7 +1,8 @@
 """`bbt-jax` command line: flags generated from the config dataclasses.
 
-Pick a preset (`--preset paper|tiny|demo`), then override any field with its flag. `sweep` runs
-a grid of such runs (grid.py), `report` tabulates and plots finished runs (report.py).
+Pick a preset (`--preset paper|paper-bbtv2|tiny|demo`), then override any field with its flag. `sweep` runs
+a grid of such runs (grid.py), `report` tabulates and plots finished runs (report.py), `inspect` reads a
+saved prompt as tokens (reading.py), `export` writes it as a PEFT adapter (export.py).
 User mistakes print one line `error: ...` and exit with code 2, never a traceback.
 """
 
@@ -76,7 +77,27 @@ def build_parser() -> argparse.ArgumentParser:
                        "prints the markdown table.")
     r.add_argument("runs", nargs="+", metavar="RUNS", help="results.json files or folders holding them")
     r.add_argument("--out", metavar="DIR", help="where to write (default: the first RUNS folder)")
+    add_inspect_export_parsers(sub)
     return p
+
+
+def add_inspect_export_parsers(sub) -> None:
+    i = sub.add_parser("inspect", help="read a saved prompt as tokens: nearest vocabulary entries, norms",
+                       description="For each prompt position (and deep-prompt layer): the k nearest tokens by "
+                       "cosine and by L2, the norm against the word-embedding norms, the distance from p0 "
+                       "(bbt_jax/reading.py).")
+    i.add_argument("--prompt", required=True, metavar="PATH", help="prompt.json, prompt.safetensors or their folder")
+    i.add_argument("--k", type=int, default=5, help="tokens listed per position")
+    i.add_argument("--json", metavar="OUT", help="also write the full result as JSON to OUT")
+    i.add_argument("--score", action="store_true",
+                   help="also score on test the soft prompt and its nearest-token (hard) reading")
+    _add_config_flags(i)
+    x = sub.add_parser("export", help="write a saved prompt as a Hugging Face PEFT prompt-tuning adapter",
+                       description="Decoder prompts in placement prefix only (bbt_jax/export.py says why).")
+    x.add_argument("--prompt", required=True, metavar="PATH", help="prompt.json, prompt.safetensors or their folder")
+    x.add_argument("--peft", required=True, metavar="DIR", help="folder for adapter_config.json + "
+                   "adapter_model.safetensors")
+    x.add_argument("--base-model", metavar="NAME", help="base_model_name_or_path (default: the card's model)")
 
 
 def resolve_config(args: argparse.Namespace) -> config_lib.Config:
@@ -173,6 +194,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_harness(args: argparse.Namespace):
+    """(saved prompt, its harness rebuilt as cmd_eval does: the card's config with the flags' overrides)."""
+    from bbt_jax import artifact
+    from bbt_jax.harness import build
+
+    saved = artifact.load_prompt(args.prompt)
+    fields = config_lib.flat_fields()
+    overrides = {k: v for k, v in vars(args).items() if k in fields}
+    cfg = artifact.config_for(saved, **overrides)
+    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
+        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
+    return saved, h
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from bbt_jax import reading
+
+    if args.k < 1:
+        raise UserError(f"--k {args.k}: must be >= 1")
+    saved, h = _saved_harness(args)
+    result = reading.inspect(h, saved, k=args.k, score=args.score)
+    print(reading.format_table(result), flush=True)
+    if args.json:
+        try:
+            write_json_atomic(args.json, result)
+        except OSError as e:
+            raise UserError(f"--json {args.json}: cannot write ({e.strerror})") from None
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bbt_jax import artifact, export
+    from bbt_jax.models.registry import load
+
+    saved = artifact.load_prompt(args.prompt)
+    export.check_exportable(saved)  # before loading the model
+    m = artifact.config_for(saved).model
+    model = load(m.model, m.tokenizer, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"))
+    paths = export.export_peft(saved, args.peft, model, base_model=args.base_model)
+    print(f"wrote {paths['config']} and {paths['weights']}")
+    return 0
+
+
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -184,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warnings
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report}
+        commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report,
+                    "inspect": cmd_inspect, "export": cmd_export}
         return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
