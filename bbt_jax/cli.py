@@ -42,7 +42,8 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bbt-jax", description="Black-Box Tuning of soft prompts in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="search a soft prompt with CMA-ES; writes --out/results.json",
+    t = sub.add_parser("train", help="tune a soft prompt (--method: bbt, bbtv2, prompt-tuning, ...); "
+                       "writes --out/results.json",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--preset", choices=sorted(config_lib.PRESETS), default="paper",
                    help="starting configuration; flags override its fields")

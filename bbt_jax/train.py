@@ -1,7 +1,8 @@
 """One run end to end: restore-or-init, search, select, test, write.
 
 `train(cfg)` builds the harness (harness.py: rows -> tokens -> fitness), restores the search
-from --out/checkpoints or starts it, runs it (search.py: strategy + dev selection), scores the
+from --out/checkpoints or starts it, runs it (the method's search: search.py for BBT/BBTv2,
+gradient.py for prompt tuning; both select on dev the same way), scores the
 best-on-dev prompt on test through the same fitness (fitness.split_metrics), and returns the
 results dict written to results.json (README, "results.json").
 
@@ -94,7 +95,8 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
     results: dict = {"config": to_dict(cfg), "effective": h.effective(), "task": h.task.name, "model": h.model.source,
                      "random_weights": h.model.random_weights, "template": h.layout.template,
                      "n_prompt_tokens": h.layout.n_prompt,
-                     "verbalizer": {"ids": h.verbalizer_C.tolist(), "words": [tok.decode([int(i)]) for i in h.verbalizer_C]},
+                     "verbalizer": {"ids": h.verbalizer_C.tolist(),
+                                    "words": [tok.decode([int(i)]) for i in h.verbalizer_C]},
                      "rows": {k: {"used": h.rows(k), **v} for k, v in h.overflow.items()}}
     if h.model.random_weights:
         results["warning"] = "random weights: accuracies mean nothing"

@@ -171,7 +171,7 @@ def test_layer_stds_measured_on_training_rows(tiny_deep):
     assert 0.5 < stds[1] < 1.5
 
 
-@pytest.mark.parametrize("schedule", ["sequential", "parallel"])
+@pytest.mark.parametrize("schedule", ["sequential"])  # parallel: test_sweep_of_bbtv2_cells_equals_solo_runs
 def test_search_runs_without_recompiling_per_layer(tiny_deep, schedule):
     h = build(config_lib.override(tiny_deep.cfg, layer_schedule=schedule), model=tiny_deep.model)
     search = h.search()

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         from tools.bench import bench
+        from tools.bench.bench_decoder import bench_smollm2
 
         if args.device == "gpu" and jax.default_backend() != "gpu":
             raise BenchError("--device gpu: JAX sees no GPU")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from bbt_jax.io import write_json_atomic
 
     args.command = "python -m tools.bench " + " ".join(argv)
-    out = bench.run(args, save=lambda out: write_json_atomic(path, out))
+    out = bench.run(args, save=lambda out: write_json_atomic(path, out), bench_decoder=bench_smollm2)
     print(bench.format_table([bench.Row(**r) for r in out["rows"]], bench.header(out)))
     if out["es_overhead"]:
         print(bench.format_es_table(out["es_overhead"]))

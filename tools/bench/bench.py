@@ -636,8 +636,10 @@ def header(out: dict) -> str:
             f"bf16 {out['matmul_gflops_bf16']:.1f} GFLOP/s")
 
 
-def run(args, save=lambda out: None) -> dict:
-    """The whole bench; `save(out)` is called after every section (a partial run keeps its results)."""
+def run(args, save=lambda out: None, bench_decoder=None) -> dict:
+    """The whole bench; `save(out)` is called after every section (a partial run keeps its results).
+    `bench_decoder`: the SmolLM2 section (bench_decoder.bench_smollm2, passed in by __main__: that module
+    builds on this one)."""
     data_dir = shared_path("data")
     tok = shared_path("models/roberta-tokenizer/tokenizer.json")
     threads = int(os.environ.get("BBT_BENCH_TORCH_THREADS", str(os.cpu_count() or 1)))
@@ -677,10 +679,8 @@ def run(args, save=lambda out: None) -> dict:
                 break
         section_done(shape)
         print(format_table(rows, header(out)), flush=True)
-    if args.quick or "smollm2" in args.shapes:
-        from tools.bench.bench_decoder import bench_smollm2
-
-        new, es_rows = bench_smollm2(data_dir=data_dir, matmul=mm, threads=threads,
+    if bench_decoder is not None and (args.quick or "smollm2" in args.shapes):
+        new, es_rows = bench_decoder(data_dir=data_dir, matmul=mm, threads=threads,
                                      ref_candidates=1 if args.quick else args.ref_candidates, quick=args.quick)
         rows += [r.finish(mm) for r in new]
         out["es_overhead"] += es_rows
