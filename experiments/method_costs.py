@@ -1,17 +1,23 @@
-"""Cost of one gradient step (forward + backward over the 32 sst2 training rows) on SmolLM2, with and
-without the decoder's shared input cache, for prompt tuning and deep prompt tuning; one ES generation of
-BBT (pop 10) and one forward of a single prompt beside it for scale.
+"""Side-by-side costs of the methods on SmolLM2 (sst2, 32 training rows, demo layout):
+
+* one gradient step (forward + backward over the training rows) of prompt tuning and deep prompt tuning,
+  with and without the decoder's shared input cache, and one forward of a single prompt for scale;
+* one generation (ask + fused population evaluation + tell, pop 10, state carried over so the
+  covariance is no longer the identity) of BBT, BBTv2 sequential and BBTv2 parallel, and the share of
+  the strategy alone (ask + tell on a stand-in fitness) in it (tools/bench's steady-state timers).
 
 Usage (from the repo root, after `make setup`):
-    python experiments/gradient_step_cost.py [--placement cue|suffix] [--repeats 3]
-Prints a markdown table (median seconds of `--repeats` timed calls after one compiling call) and the CPU.
+    python experiments/method_costs.py [--placement cue|suffix] [--repeats 3]
+Prints markdown tables (median seconds of `--repeats` timed calls after a compiling call) and the CPU.
 """
 
 import argparse
 import dataclasses
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -59,11 +65,15 @@ def main() -> int:
         for what, prompt in x.items():
             rows.append((f"{what} step (fwd+bwd)", name, seconds(step, fit, prompt, repeats=args.repeats)))
         rows.append(("forward of one prompt", name, seconds(fwd, fit, p0, repeats=args.repeats)))
-    problem = h.problem("train")
-    z = jax.random.normal(jax.random.PRNGKey(0), (10, cfg.prompt.intrinsic_dim)) * 0.1
-    gen = jax.jit(lambda pr, z: pr(z)[0])
-    rows.append(("BBT generation (10 members, fused)", "shared input cache", seconds(gen, problem, z,
-                                                                                         repeats=args.repeats)))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tools/ (run as a script)
+    from tools.bench.bench import es_overhead
+
+    es_rows = []
+    for name, over in (("BBT", {}), ("BBTv2 sequential", {"method": "bbtv2", "layer_schedule": "sequential"}),
+                       ("BBTv2 parallel", {"method": "bbtv2", "layer_schedule": "parallel"})):
+        hm = build(C.override(cfg, budget=600, **over), model=model, log=lambda s: None)
+        es = es_overhead(hm, float("nan"), name, "smollm2", generations=5, timed_calls=args.repeats)
+        es_rows.append((name, es["generation_ms"] / 1e3, es["es_ms"] / 1e3, es["es_share"]))
     env = environment(os.environ)
     print(f"SmolLM2-135M-Instruct, sst2 train {h.rows('train')} rows, placement {args.placement} "
           f"(N={h.layout.n_prompt}, suffix {h.layout.suffix_len} tokens), {h.backbone.num_layers} layers; "
@@ -71,6 +81,9 @@ def main() -> int:
     print("| what | input | s (median) |\n|---|---|---|")
     for what, name, s in rows:
         print(f"| {what} | {name} | {s:.3f} |")
+    print("\n| generation (pop 10, steady state) | s/generation | ask+tell s | strategy share |\n|---|---|---|---|")
+    for name, gen_s, es_s, share in es_rows:
+        print(f"| {name} | {gen_s:.3f} | {es_s:.3f} | {100 * share:.1f} % |")
     base = {(w, n): s for w, n, s in rows}
     for what in x:
         k = f"{what} step (fwd+bwd)"
