@@ -178,16 +178,9 @@ def _report(runs, out) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from bbt_jax import artifact
-    from bbt_jax.harness import build
 
-    saved = artifact.load_prompt(args.prompt)
-    fields = config_lib.flat_fields()
-    overrides = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = artifact.config_for(saved, **overrides)
-    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
-        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
     log = lambda s: print(s, flush=True)  # noqa: E731
-    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
+    saved, h = _saved_harness(args, log=log)
     result = artifact.evaluate_prompt(h, saved, warn=log)
     reported = result["reported"].get("test")
     log(f"test {result['test']} (reported by train: {reported})")
@@ -195,7 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_harness(args: argparse.Namespace):
+def _saved_harness(args: argparse.Namespace, log=lambda s: None):
     """(saved prompt, its harness rebuilt as cmd_eval does: the card's config with the flags' overrides)."""
     from bbt_jax import artifact
     from bbt_jax.harness import build
@@ -206,7 +199,7 @@ def _saved_harness(args: argparse.Namespace):
     cfg = artifact.config_for(saved, **overrides)
     if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
         cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
-    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
+    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
     return saved, h
 
 
