@@ -31,7 +31,6 @@ import numpy as np
 
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
-from bbt_jax.fitness import split_metrics
 from bbt_jax.harness import Harness
 from bbt_jax.io import write_bytes_atomic
 
@@ -188,6 +187,6 @@ def evaluate_prompt(h: Harness, saved: SavedPrompt, *, warn: Callable[[str], Non
                  "(other model weights?); scoring the saved prompt")
     # Score the embeddings themselves, with the fitness used in training.
     prompts_P = jax.tree.map(lambda x: x[None], saved.prompt)
-    test = split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)[0]
+    test = h.test_metrics(prompts_P)[0]
     return {"prompt": str(saved.path), "task": h.task.name, "model": h.model.source, "test": test,
             "z_agrees": agree, "reported": saved.card.get("metrics", {})}

@@ -17,6 +17,7 @@ Shape letters: see bbt_jax/types.py.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,6 +98,31 @@ def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str =
 
 _prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, buckets), static_argnums=0)
 
+PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently used dropped first)
+
+
+def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict | None) -> Fitness:
+    if cache is None:
+        return make_fitness(backbone, frozen, (batch,), metric=metric)
+    key = (backbone, _digest(frozen["verbalizer"], *jax.tree.leaves(batch)),
+           str(jax.tree.leaves(frozen["params"])[0].dtype))
+    if key not in cache:
+        cache[key] = make_fitness(backbone, frozen, (batch,), metric=metric).data
+        while len(cache) > PREPARED_CACHE_BATCHES:
+            cache.pop(next(iter(cache)))
+    data = cache.pop(key)
+    cache[key] = data  # most recently used last
+    return Fitness(frozen, data, backbone.score, metric=metric)
+
+
+def _digest(*arrays) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        a = np.asarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
 
 @jax.jit
 def population_logits(fitness: Fitness, prompts_P) -> jax.Array:
@@ -104,10 +130,15 @@ def population_logits(fitness: Fitness, prompts_P) -> jax.Array:
     return jax.vmap(fitness.logits)(prompts_P)
 
 
-def split_metrics(backbone, frozen, batches: Sequence[TokenBatch], prompts_P, metric: str) -> list[dict]:
+def split_metrics(backbone, frozen, batches: Sequence[TokenBatch], prompts_P, metric: str, *,
+                  cache: dict | None = None) -> list[dict]:
     """Metrics of P prompts in one pass over fixed-shape batches: each batch is prepared once (the
-    decoder's input cache) and shared by the P prompts; one host pull at the end."""
-    logits = [population_logits(make_fitness(backbone, frozen, (b,), metric=metric), prompts_P) for b in batches]
+    decoder's input cache) and shared by the P prompts; one host pull at the end.
+
+    `cache`: prepared batches kept between calls (LoadedModel.prepared): every prompt later scored on
+    the same rows with the same model and layout (other seeds, methods, runs of one process) costs
+    only its own part (the decoder's suffix), not the rows' input cache again."""
+    logits = [population_logits(_eval_fitness(backbone, frozen, b, metric, cache), prompts_P) for b in batches]
     logits_PxBxC = np.concatenate(jax.device_get(logits), axis=1)
     labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
     weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])

@@ -24,7 +24,7 @@ from bbt_jax import data as data_lib
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.errors import UserError
-from bbt_jax.fitness import Fitness, make_fitness
+from bbt_jax.fitness import Fitness, make_fitness, split_metrics
 from bbt_jax.gradient import GradientSearch
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
@@ -73,6 +73,12 @@ class Harness:
     def test_batches(self) -> list[TokenBatch]:
         return tasks_lib.make_eval_batches(self.encoded["test"], self.model.vocab.pad_id,
                                            batch_rows=self.cfg.run.eval_batch, num_buckets=self.cfg.run.eval_buckets)
+
+    def test_metrics(self, prompts_P) -> list[dict]:
+        """Test metrics of P prompts (stacked on a leading axis) in one pass over the test batches; the
+        prepared batches are kept on the loaded model, so later runs on the same rows reuse them."""
+        return split_metrics(self.backbone, self.frozen, self.test_batches, prompts_P, self.task.metric,
+                             cache=self.model.prepared)
 
     def fitness(self, split: str = "train") -> Fitness:
         """The fitness contract on a split (prepared once): the run's loss and metric; the population

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bbt_jax.fitness import split_metrics
 from bbt_jax.tasks import PLACEHOLDER_OFFSET
 
 # Exact L2 is recomputed for this many extra candidates picked by the fast expansion
@@ -86,7 +85,7 @@ def score_as_hard_prompt(h, ids_N, layers_YxNxD=None) -> dict:
     word_VxD = np.asarray(h.backbone.word_embeddings(h.model.params))
     prompt = hard_prompt(word_VxD, ids_N, layers_YxNxD)
     prompts_P = jax.tree.map(lambda x: x[None], prompt)
-    return split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)[0]
+    return h.test_metrics(prompts_P)[0]
 
 
 _slot_inputs = jax.jit(lambda backbone, frozen, batch, zeros: backbone.layer_inputs(frozen, batch, zeros)[0],
@@ -176,7 +175,7 @@ def inspect(h, saved, *, k: int = 5, score: bool = False) -> dict:
     if score:
         ids = hard_prompt_ids(word_VxD, saved.prompt_NxD)
         prompts_P = jax.tree.map(lambda x: x[None], saved.prompt)
-        soft = split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)[0]
+        soft = h.test_metrics(prompts_P)[0]
         out["score"] = {"soft": soft, "hard": score_as_hard_prompt(h, ids, saved.layers_YxNxD),
                         "hard_ids": [int(i) for i in ids], "hard_tokens": [tok.decode([int(i)]) for i in ids]}
     return out

@@ -22,7 +22,6 @@ from bbt_jax import artifact as artifact_lib
 from bbt_jax import checkpoint as checkpoint_lib
 from bbt_jax.cma import pycma_stops
 from bbt_jax.config import Config, to_dict
-from bbt_jax.fitness import split_metrics
 from bbt_jax.harness import Harness, build
 
 
@@ -51,7 +50,7 @@ def passes(h: Harness, history: list) -> dict:
 def score_candidates(h: Harness, candidates) -> list[dict]:
     """Test metrics of P candidates (stacked on a leading axis) in one pass over the test batches."""
     prompts_P = jax.vmap(h.projection)(jax.tree.map(lambda x: np.asarray(x, np.float32), candidates))
-    return split_metrics(h.backbone, h.frozen, h.test_batches, prompts_P, h.task.metric)
+    return h.test_metrics(prompts_P)
 
 
 def _stack(*trees):

@@ -102,3 +102,29 @@ def test_cma_lowers_training_loss_on_tiny_roberta(data_dir):
     assert last < first, (first, last)
     assert float(state.best_train_loss) <= min(h["best_loss"] for h in hist) + 1e-7
     assert search.interval._cache_size() == 1
+
+
+def test_prepared_test_batches_are_shared_by_runs_on_one_model(data_dir):
+    """Harnesses built on one loaded model (other seeds, methods) reuse its prepared test batches, and the
+    metrics equal an uncached pass; other rows (another task) get their own entries."""
+    from bbt_jax.fitness import _eval_fitness, make_fitness, split_metrics
+
+    a = harness(data_dir, test_rows=40, eval_batch=16)
+    b = build(C.override(C.tiny(), data_dir=str(data_dir), test_rows=40, eval_batch=16, seed=21, alpha=5.0),
+              model=a.model, default_tokenizer=ROBERTA_TOKENIZER, log=lambda s: None)
+    z_PxK = 3.0 * jax.random.normal(jax.random.PRNGKey(3), (3, b.cfg.prompt.intrinsic_dim))
+    prompts_P = jax.vmap(b.projection)(z_PxK)
+    a.test_metrics(jax.vmap(a.projection)(z_PxK))
+    entries = len(a.model.prepared)
+    assert entries == len(a.test_batches) == 3
+    cached = b.test_metrics(prompts_P)
+    assert len(b.model.prepared) == entries  # nothing prepared again
+    assert cached == split_metrics(b.backbone, b.frozen, b.test_batches, prompts_P, b.task.metric)
+    batch = b.test_batches[1]
+    np.testing.assert_array_equal(  # logits through the cached preparation == a fresh one
+        np.asarray(_eval_fitness(b.backbone, b.frozen, batch, "acc", b.model.prepared).logits(prompts_P[0])),
+        np.asarray(make_fitness(b.backbone, b.frozen, (batch,)).logits(prompts_P[0])))
+    c = build(C.override(C.tiny(), data_dir=str(data_dir), test_rows=40, eval_batch=16, task="agnews"),
+              model=a.model, default_tokenizer=ROBERTA_TOKENIZER, log=lambda s: None)
+    c.test_metrics(jax.vmap(c.projection)(z_PxK))
+    assert len(c.model.prepared) == entries + len(c.test_batches)

@@ -87,6 +87,9 @@ class LoadedModel:
     vocab: Any  # tasks.Vocab
     source: str
     random_weights: bool = False
+    # dev/test batches already prepared with these weights (fitness.split_metrics' cache): shared by every
+    # harness built on this object, i.e. by every run of one process that passes the same loaded model
+    prepared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
