@@ -10,8 +10,8 @@ It has the interface of search.Search as a train loop uses it: one "generation" 
 optimizer step, i.e. one forward+backward pass over the whole training split (`budget`
 counts steps), and the dev cadence `eval_every` counts steps as BBT counts calls. The steps
 between two dev evaluations run in `jax.lax.scan` inside ONE compiled call that then
-scores the current params on dev and keeps the best-on-dev params exactly as
-`Search._dev_update` does; the host syncs once per interval. Steps past the budget are
+scores the current params on dev and keeps the best-on-dev params by the rule every
+method shares (`search.select_on_dev`); the host syncs once per interval. Steps past the budget are
 skipped with `lax.cond`, so the last, shorter interval does not recompile.
 
 A step whose loss or gradient is non-finite leaves params and optimizer state unchanged
@@ -32,7 +32,7 @@ from flax import struct
 
 from bbt_jax.config import GradientConfig, SearchConfig
 from bbt_jax.problem import PromptProblem
-from bbt_jax.search import NONFINITE_LOSS
+from bbt_jax.search import NONFINITE_LOSS, run_intervals, select_on_dev
 from bbt_jax.types import Prompt
 
 
@@ -159,20 +159,10 @@ class GradientSearch:
         return state, {"loss": zero, "perf": zero, "nonfinite": jnp.asarray(0, jnp.int32), "lr": zero,
                        "grad_norm": zero}
 
-    # -- dev selection (as search.Search._dev_update) ----------------------
+    # -- dev selection (search.select_on_dev, the rule of every method) ----
     def _dev_update(self, dev: PromptProblem, state: GradientState, params):
         loss, metrics = dev.fitness.member(dev.projection(params))
-        better = metrics["perf"] > state.best_dev_perf  # strict, as bbt.py
-        if self.config.dev_tiebreak_loss:
-            better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
-        better = jnp.isfinite(loss) & better  # a non-finite dev loss is never selected
-        state = state.replace(
-            best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
-            best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
-            best_dev_z=jax.tree.map(lambda new, old: jnp.where(better, new, old), params, state.best_dev_z),
-            best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
-        return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
-                       "best_dev_perf": state.best_dev_perf, "improved": better}
+        return select_on_dev(state, params, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss)
 
     def _dev_init(self, dev: PromptProblem, state: GradientState):
         """Score the current params (x0 before any step) on dev first."""
@@ -193,33 +183,20 @@ class GradientSearch:
     # -- host loop ---------------------------------------------------------
     def run(self, train: PromptProblem, dev: PromptProblem, state: GradientState, *, es_params=None,
             history: list | None = None, on_interval: Callable | None = None):
-        """Run the remaining intervals; returns (state, history), as search.Search.run.
+        """Run the remaining intervals (search.run_intervals); returns (state, history).
 
-        One dict per step: the keys of Search's curve (best_loss, mean_loss, worst_loss and
+        One row per step: the keys of Search's curve (best_loss, mean_loss, worst_loss and
         flat_ref_loss all hold that step's training loss, taken at the params before its
         update; NONFINITE_LOSS where non-finite; step_size is the learning rate) plus
         grad_norm (before clipping) and passes (forward+backward passes so far).
         """
-        history = [] if history is None else history
-        done = len(history)
-        while done < self.total_generations:
-            state, out = self.interval(train, dev, es_params, state)
-            out = jax.device_get(out)  # the one host sync of this interval
-            steps = out["generations"]
-            n_new = int(out["generation"]) - done
-            for j in range(n_new):
-                t, loss = done + j + 1, float(steps["loss"][j])
-                history.append({"generation": t, "calls": t, "best_loss": loss, "mean_loss": loss,
-                                "best_perf": float(steps["perf"][j]), "nonfinite": int(steps["nonfinite"][j]),
-                                "worst_loss": loss, "flat_ref_loss": loss, "step_size": float(steps["lr"][j]),
-                                "grad_norm": float(steps["grad_norm"][j]), "passes": t})
-            done = int(out["generation"])
-            d = out["dev"]
-            record = {"generation": done, "calls": done, "dev_perf": float(d["dev_perf"]),
-                      "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
-                      "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
-                      "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
-            history[-1]["dev"] = record
-            if on_interval is not None:
-                on_interval(state, history, record)
-        return state, history
+
+        def row(t, steps, j):
+            loss = float(steps["loss"][j])
+            return {"generation": t, "calls": t, "best_loss": loss, "mean_loss": loss,
+                    "best_perf": float(steps["perf"][j]), "nonfinite": int(steps["nonfinite"][j]),
+                    "worst_loss": loss, "flat_ref_loss": loss, "step_size": float(steps["lr"][j]),
+                    "grad_norm": float(steps["grad_norm"][j]), "passes": t}
+
+        return run_intervals(self, train, dev, state, es_params, row, calls_per_generation=1,
+                             history=history, on_interval=on_interval)

@@ -172,18 +172,7 @@ class Search:
     def _dev_update(self, dev: PromptProblem, state: SearchState, z_K, valid=True):
         """`valid` False (no finite training loss in the interval): score, but never select."""
         loss, metrics = dev.fitness.member(dev.projection(z_K))
-        # strict, as bbt.py; a candidate whose dev loss is NaN/inf is never selected
-        better = metrics["perf"] > state.best_dev_perf
-        if self.config.dev_tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
-            better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
-        better = valid & jnp.isfinite(loss) & better
-        state = state.replace(
-            best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
-            best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
-            best_dev_z=jnp.where(better, z_K, state.best_dev_z),
-            best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
-        return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
-                       "best_dev_perf": state.best_dev_perf, "improved": better}
+        return select_on_dev(state, z_K, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss, valid=valid)
 
     def _dev_init(self, dev: PromptProblem, state: SearchState):
         return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z))
@@ -209,35 +198,61 @@ class Search:
     # -- host loop ---------------------------------------------------------
     def run(self, train: PromptProblem, dev: PromptProblem, state: SearchState, *, es_params=None,
             history: list | None = None, on_interval: Callable | None = None):
-        """Run the remaining intervals; returns (state, history).
-
-        `history` holds one dict per generation (the curve) and is extended in
-        place; `on_interval(state, history, record)` is called after every
-        interval with host values (logging, checkpoints).
-        """
-        es_params = self.es_params() if es_params is None else es_params
-        history = [] if history is None else history
+        """Run the remaining intervals (`run_intervals`); returns (state, history). One curve row per
+        generation: calls, the population's best/mean/worst loss, pycma's flat-fitness reference, step size."""
         pop = self.config.popsize
-        done = len(history)
-        while done < self.total_generations:
-            state, out = self.interval(train, dev, es_params, state)
-            out = jax.device_get(out)  # the one host sync of this interval
-            gens = out["generations"]
-            n_new = int(out["generation"]) - done
-            for j in range(n_new):
-                history.append({"generation": done + j + 1, "calls": (done + j + 1) * pop,
-                                "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
-                                "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j]),
-                                "worst_loss": float(gens["worst_loss"][j]),
-                                "flat_ref_loss": float(gens["flat_ref_loss"][j]),
-                                "step_size": float(gens["step_size"][j])})
-            done = int(out["generation"])
-            d = out["dev"]
-            record = {"generation": done, "calls": done * pop, "dev_perf": float(d["dev_perf"]),
-                      "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
-                      "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
-                      "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
-            history[-1]["dev"] = record
-            if on_interval is not None:
-                on_interval(state, history, record)
-        return state, history
+
+        def row(t, gens, j):
+            return {"generation": t, "calls": t * pop,
+                    "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
+                    "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j]),
+                    "worst_loss": float(gens["worst_loss"][j]), "flat_ref_loss": float(gens["flat_ref_loss"][j]),
+                    "step_size": float(gens["step_size"][j])}
+
+        es_params = self.es_params() if es_params is None else es_params
+        return run_intervals(self, train, dev, state, es_params, row, calls_per_generation=pop,
+                             history=history, on_interval=on_interval)
+
+
+def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True):
+    """bbt.py's dev selection, for every method's state (fields best_dev_perf/loss/z/generation):
+    `candidate` (any pytree) replaces the best if its dev metric is strictly better (or equal with a lower
+    dev loss under `tiebreak_loss`), its dev loss is finite and `valid`. Returns (state, dev record)."""
+    better = metrics["perf"] > state.best_dev_perf
+    if tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
+        better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
+    better = valid & jnp.isfinite(loss) & better  # a candidate whose dev loss is NaN/inf is never selected
+    state = state.replace(
+        best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
+        best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
+        best_dev_z=jax.tree.map(lambda new, old: jnp.where(better, new, old), candidate, state.best_dev_z),
+        best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
+    return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
+                   "best_dev_perf": state.best_dev_perf, "improved": better}
+
+
+def run_intervals(search, train, dev, state, es_params, row: Callable, *, calls_per_generation: int,
+                  history: list | None = None, on_interval: Callable | None = None):
+    """The host loop of every method: `search.interval` until `search.total_generations`, ONE
+    `jax.device_get` per interval; returns (state, history).
+
+    `history` holds one dict per generation (`row(generation, host metrics of the interval, index)`, the
+    curve) and is extended in place; the interval's dev record goes on its last row; `on_interval(state,
+    history, record)` is called after every interval with host values (logging, checkpoints)."""
+    history = [] if history is None else history
+    done = len(history)
+    while done < search.total_generations:
+        state, out = search.interval(train, dev, es_params, state)
+        out = jax.device_get(out)  # the one host sync of this interval
+        n_new = int(out["generation"]) - done
+        history.extend(row(done + j + 1, out["generations"], j) for j in range(n_new))
+        done = int(out["generation"])
+        d = out["dev"]
+        record = {"generation": done, "calls": done * calls_per_generation, "dev_perf": float(d["dev_perf"]),
+                  "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
+                  "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
+                  "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
+        history[-1]["dev"] = record
+        if on_interval is not None:
+            on_interval(state, history, record)
+    return state, history
