@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--grid-file", metavar="JSON", help='a grid as JSON: {"task": ["sst2", "rte"], "seed": [13, 21]}')
     s.add_argument("--out", dest="sweep_out", default="runs/sweep", metavar="DIR",
                    help="the sweep's folder: one subfolder per cell, sweep.json, the report (default: runs/sweep)")
+    s.add_argument("--no-vmap-seeds", dest="vmap_seeds", action="store_false",
+                   help="run cells that differ only in seeds one by one (default: as one vmapped search per group, "
+                   "ES methods)")
     _add_config_flags(s, skip=("out",))
     r = sub.add_parser("report", help="tables (csv, markdown) and plots over results.json files",
                        description="One row per (task, method, seed) of every results.json found (files, or folders "
@@ -159,7 +162,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = {"preset": args.preset, "grid": grid, "overrides": overrides}
     grid_lib.run(cfg, grid, out, spec=spec, environment=environment(os.environ),
                  default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
-                 log=lambda s: print(s, flush=True))
+                 log=lambda s: print(s, flush=True), vmap_seeds=args.vmap_seeds)
     return _report([out], out)
 
 

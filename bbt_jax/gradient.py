@@ -181,22 +181,18 @@ class GradientSearch:
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
 
     # -- host loop ---------------------------------------------------------
+    def curve_row(self, t: int, steps, j: int) -> dict:
+        """Step t's curve row: the keys of Search's curve (best_loss, mean_loss, worst_loss and flat_ref_loss
+        all hold that step's training loss, taken at the params before its update; NONFINITE_LOSS where
+        non-finite; step_size is the learning rate) plus grad_norm (before clipping) and passes
+        (forward+backward passes so far)."""
+        loss = float(steps["loss"][j])
+        return {"generation": t, "calls": t, "best_loss": loss, "mean_loss": loss,
+                "best_perf": float(steps["perf"][j]), "nonfinite": int(steps["nonfinite"][j]),
+                "worst_loss": loss, "flat_ref_loss": loss, "step_size": float(steps["lr"][j]),
+                "grad_norm": float(steps["grad_norm"][j]), "passes": t}
+
     def run(self, train: PromptProblem, dev: PromptProblem, state: GradientState, *, es_params=None,
             history: list | None = None, on_interval: Callable | None = None):
-        """Run the remaining intervals (search.run_intervals); returns (state, history).
-
-        One row per step: the keys of Search's curve (best_loss, mean_loss, worst_loss and
-        flat_ref_loss all hold that step's training loss, taken at the params before its
-        update; NONFINITE_LOSS where non-finite; step_size is the learning rate) plus
-        grad_norm (before clipping) and passes (forward+backward passes so far).
-        """
-
-        def row(t, steps, j):
-            loss = float(steps["loss"][j])
-            return {"generation": t, "calls": t, "best_loss": loss, "mean_loss": loss,
-                    "best_perf": float(steps["perf"][j]), "nonfinite": int(steps["nonfinite"][j]),
-                    "worst_loss": loss, "flat_ref_loss": loss, "step_size": float(steps["lr"][j]),
-                    "grad_norm": float(steps["grad_norm"][j]), "passes": t}
-
-        return run_intervals(self, train, dev, state, es_params, row, calls_per_generation=1,
-                             history=history, on_interval=on_interval)
+        """Run the remaining intervals (search.run_intervals); returns (state, history)."""
+        return run_intervals(self, train, dev, state, es_params, history=history, on_interval=on_interval)

@@ -10,8 +10,10 @@ the model and tokenizer settings stay the same (put `model` first in a grid over
 `<out>/sweep.json` records the grid and the fixed overrides; an `<out>` holding another sweep
 is refused. At the end, report.py tabulates `<out>`.
 
-Cells run one after another, each compiled and run on its own. Cells that differ only in
-seed could share one compiled call (sweep.py vmaps S searches); that is future work.
+Cells that differ only in their seeds (few-shot split, projection, ES noise) run as ONE vmapped
+search (sweep.train_group: one compiled call per interval for all of them, each cell still with its
+own folder, checkpoints, artifact and results.json); gradient methods and `--no-vmap-seeds` run cell
+by cell. A vmapped cell equals its solo run up to float rounding (tests/test_grid.py).
 """
 
 from __future__ import annotations
@@ -177,8 +179,21 @@ def check_spec(out: Path, spec: dict) -> None:
     write_json_atomic(path, spec)
 
 
+SEED_FIELDS = ("seed", "split_seed", "projection_seed", "es_seed")
+
+
+def seed_groups(configs: list[config_lib.Config]) -> list[list[int]]:
+    """Indices of the cells whose configs differ only in their seeds (and out), in grid order: each group
+    can run as one vmapped search (sweep.train_group)."""
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        rest = config_lib.to_dict(config_lib.override(cfg, out="", **{k: 0 for k in SEED_FIELDS}))
+        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(i)
+    return list(groups.values())
+
+
 def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec: dict, environment: dict,
-        default_tokenizer: str | Path | None = None, log: Callable = print) -> list[Path]:
+        default_tokenizer: str | Path | None = None, log: Callable = print, vmap_seeds: bool = True) -> list[Path]:
     """Run every cell of `grid` on top of `base` under `out`; returns the cells' folders.
 
     Args:
@@ -189,7 +204,10 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
       environment: provenance.environment(...) stored in each new results.json.
       default_tokenizer: as train().
       log: one line at a time.
+      vmap_seeds: run the unfinished cells that differ only in seeds as one vmapped search (ES methods;
+        sweep.train_group), else one by one.
     """
+    from bbt_jax import sweep
     from bbt_jax.models.registry import load
     from bbt_jax.train import train
 
@@ -197,29 +215,51 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
     todo = cells(grid)
     configs = [config_lib.override(base, **cell, out=str(out / cell_name(cell))) for cell in todo]  # validated
     check_spec(out, spec)
-    model, model_key, spent = None, None, []
-    n = len(todo)
-    for i, (cell, cfg) in enumerate(zip(todo, configs, strict=True), 1):
-        name, cell_dir = cell_name(cell), Path(cfg.run.out)
-        if (cell_dir / "results.json").is_file():
-            log(f"[{i}/{n}] {name}: done ({_done(cell_dir / 'results.json')})")
-            continue
+    loaded, spent, n = {"key": None, "model": None}, [], len(todo)
+
+    def model_for(cfg):
         key = (cfg.model.model, cfg.model.tokenizer)
-        if key != model_key:
-            model, model_key = None, key  # release the previous model first
-            model = load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        results = train(cfg, default_tokenizer=default_tokenizer, log=lambda s, name=name: log(f"  [{name}] {s}"),
-                        zero_shot=True, out=cell_dir, model=model)
+        if key != loaded["key"]:
+            loaded.update(key=key, model=None)  # release the previous model first
+            loaded["model"] = load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
+        return loaded["model"]
+
+    def write(i, results, seconds):
+        cell, cfg = todo[i], configs[i]
         results["environment"] = environment
         if (label := cell_label(results, cell)) is not None:
             results["label"] = label
-        write_json_atomic(cell_dir / "results.json", results)
-        spent.append(time.perf_counter() - t0)
-        left = sum(not (Path(c.run.out) / "results.json").is_file() for c in configs[i:])
-        log(f"[{i}/{n}] {name}: {progress(results)} | {spent[-1]:.0f} s | "
+        write_json_atomic(Path(cfg.run.out) / "results.json", results)
+        spent.append(seconds)
+        left = sum(not (Path(c.run.out) / "results.json").is_file() for c in configs)
+        log(f"[{i + 1}/{n}] {cell_name(cell)}: {progress(results)} | {seconds:.0f} s | "
             f"ETA {left * sum(spent) / len(spent):.0f} s")
+
+    for group in seed_groups(configs) if vmap_seeds else [[i] for i in range(n)]:
+        pending = []
+        for i in group:
+            if (Path(configs[i].run.out) / "results.json").is_file():
+                log(f"[{i + 1}/{n}] {cell_name(todo[i])}: done ({_done(Path(configs[i].run.out) / 'results.json')})")
+            else:
+                pending.append(i)
+                Path(configs[i].run.out).mkdir(parents=True, exist_ok=True)
+        if len(pending) > 1:
+            t0 = time.perf_counter()
+            results = sweep.train_group([configs[i] for i in pending], model=model_for(configs[pending[0]]),
+                                        default_tokenizer=default_tokenizer, zero_shot=True,
+                                        log=lambda s, g=pending: log(f"  [{cell_name(todo[g[0]])} +{len(g) - 1} "
+                                                                     f"seeds vmapped] {s}"))
+            if results is not None:
+                seconds = (time.perf_counter() - t0) / len(pending)
+                for i, res in zip(pending, results, strict=True):
+                    write(i, res, seconds)
+                continue
+        for i in pending:  # one by one
+            cfg, name = configs[i], cell_name(todo[i])
+            t0 = time.perf_counter()
+            results = train(cfg, default_tokenizer=default_tokenizer, log=lambda s, name=name: log(f"  [{name}] {s}"),
+                            zero_shot=True, out=Path(cfg.run.out), model=model_for(cfg))
+            write(i, results, time.perf_counter() - t0)
     return [Path(c.run.out) for c in configs]
 
 

@@ -64,10 +64,11 @@ class Harness:
         k_search = jax.random.split(jax.random.PRNGKey(r.seed_of("es")))[1]
         return k_proj, k_search
 
-    def buckets(self, split: str) -> Buckets:
-        """Fixed-shape length buckets of a split (train/dev: all run inside one compiled call)."""
+    def buckets(self, split: str, lengths: tuple[int, ...] | None = None) -> Buckets:
+        """Fixed-shape length buckets of a split (train/dev: all run inside one compiled call); `lengths`:
+        pad bucket j to at least lengths[j] (one shape for the splits of several seeds)."""
         return tasks_lib.make_buckets(self.encoded[split], self.model.vocab.pad_id,
-                                      num_buckets=self.cfg.prompt.num_buckets)
+                                      num_buckets=self.cfg.prompt.num_buckets, lengths=lengths)
 
     @functools.cached_property
     def test_batches(self) -> list[TokenBatch]:
@@ -80,14 +81,15 @@ class Harness:
         return split_metrics(self.backbone, self.frozen, self.test_batches, prompts_P, self.task.metric,
                              cache=self.model.prepared)
 
-    def fitness(self, split: str = "train") -> Fitness:
+    def fitness(self, split: str = "train", lengths: tuple[int, ...] | None = None) -> Fitness:
         """The fitness contract on a split (prepared once): the run's loss and metric; the population
-        chunk on train."""
-        if split not in self._fitness:
+        chunk on train. `lengths`: the buckets' padded lengths (see `buckets`)."""
+        if (split, lengths) not in self._fitness:
             s = self.cfg.search
-            self._fitness[split] = make_fitness(self.backbone, self.frozen, self.buckets(split), loss=s.loss,
-                                                metric=self.task.metric, chunk=s.pop_chunk if split == "train" else 0)
-        return self._fitness[split]
+            self._fitness[split, lengths] = make_fitness(
+                self.backbone, self.frozen, self.buckets(split, lengths), loss=s.loss, metric=self.task.metric,
+                chunk=s.pop_chunk if split == "train" else 0)
+        return self._fitness[split, lengths]
 
     @property
     def method(self) -> str:
@@ -151,8 +153,9 @@ class Harness:
             return zero_layers(self.layout.p0, self.backbone.num_layers)
         return None
 
-    def problem(self, split: str = "train", projection: Projection | None = None) -> PromptProblem:
-        return PromptProblem(self.fitness(split), self.projection if projection is None else projection)
+    def problem(self, split: str = "train", projection: Projection | None = None,
+                lengths: tuple[int, ...] | None = None) -> PromptProblem:
+        return PromptProblem(self.fitness(split, lengths), self.projection if projection is None else projection)
 
     def search(self):
         """The method's search: search.Search (bbt, bbtv2) or gradient.GradientSearch (gradient methods)."""

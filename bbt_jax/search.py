@@ -196,22 +196,20 @@ class Search:
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
 
     # -- host loop ---------------------------------------------------------
+    def curve_row(self, t: int, gens, j: int) -> dict:
+        """The curve's row of generation t from the interval's host metrics (`gens`, index j): calls, the
+        population's best/mean/worst loss, pycma's flat-fitness reference, the step size."""
+        return {"generation": t, "calls": t * self.config.popsize,
+                "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
+                "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j]),
+                "worst_loss": float(gens["worst_loss"][j]), "flat_ref_loss": float(gens["flat_ref_loss"][j]),
+                "step_size": float(gens["step_size"][j])}
+
     def run(self, train: PromptProblem, dev: PromptProblem, state: SearchState, *, es_params=None,
             history: list | None = None, on_interval: Callable | None = None):
-        """Run the remaining intervals (`run_intervals`); returns (state, history). One curve row per
-        generation: calls, the population's best/mean/worst loss, pycma's flat-fitness reference, step size."""
-        pop = self.config.popsize
-
-        def row(t, gens, j):
-            return {"generation": t, "calls": t * pop,
-                    "best_loss": float(gens["best_loss"][j]), "mean_loss": float(gens["mean_loss"][j]),
-                    "best_perf": float(gens["best_perf"][j]), "nonfinite": int(gens["nonfinite"][j]),
-                    "worst_loss": float(gens["worst_loss"][j]), "flat_ref_loss": float(gens["flat_ref_loss"][j]),
-                    "step_size": float(gens["step_size"][j])}
-
+        """Run the remaining intervals (`run_intervals`); returns (state, history)."""
         es_params = self.es_params() if es_params is None else es_params
-        return run_intervals(self, train, dev, state, es_params, row, calls_per_generation=pop,
-                             history=history, on_interval=on_interval)
+        return run_intervals(self, train, dev, state, es_params, history=history, on_interval=on_interval)
 
 
 def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True):
@@ -231,28 +229,33 @@ def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid
                    "best_dev_perf": state.best_dev_perf, "improved": better}
 
 
-def run_intervals(search, train, dev, state, es_params, row: Callable, *, calls_per_generation: int,
-                  history: list | None = None, on_interval: Callable | None = None):
+def run_intervals(search, train, dev, state, es_params, *, history: list | None = None,
+                  on_interval: Callable | None = None):
     """The host loop of every method: `search.interval` until `search.total_generations`, ONE
     `jax.device_get` per interval; returns (state, history).
 
-    `history` holds one dict per generation (`row(generation, host metrics of the interval, index)`, the
-    curve) and is extended in place; the interval's dev record goes on its last row; `on_interval(state,
-    history, record)` is called after every interval with host values (logging, checkpoints)."""
+    `history` holds one dict per generation (`search.curve_row`, the curve) and is extended in place; the
+    interval's dev record goes on its last row; `on_interval(state, history, record)` is called after every
+    interval with host values (logging, checkpoints)."""
     history = [] if history is None else history
-    done = len(history)
-    while done < search.total_generations:
+    while len(history) < search.total_generations:
         state, out = search.interval(train, dev, es_params, state)
-        out = jax.device_get(out)  # the one host sync of this interval
-        n_new = int(out["generation"]) - done
-        history.extend(row(done + j + 1, out["generations"], j) for j in range(n_new))
-        done = int(out["generation"])
-        d = out["dev"]
-        record = {"generation": done, "calls": done * calls_per_generation, "dev_perf": float(d["dev_perf"]),
-                  "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
-                  "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
-                  "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
-        history[-1]["dev"] = record
+        record = absorb_interval(search, history, jax.device_get(out))  # the one host sync of this interval
         if on_interval is not None:
             on_interval(state, history, record)
     return state, history
+
+
+def absorb_interval(search, history: list, out: dict) -> dict:
+    """Append an interval's host output to `history` (one `search.curve_row` per new generation, the dev
+    record on the last); returns that record."""
+    done = len(history)
+    history.extend(search.curve_row(t, out["generations"], t - done - 1)
+                   for t in range(done + 1, int(out["generation"]) + 1))
+    done, d = int(out["generation"]), out["dev"]
+    record = {"generation": done, "calls": history[-1]["calls"], "dev_perf": float(d["dev_perf"]),
+              "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
+              "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
+              "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
+    history[-1]["dev"] = record
+    return record

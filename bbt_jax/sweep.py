@@ -2,20 +2,27 @@
 
 What may differ between cells: the seed (PRNG key and the projection A), the initial
 step size sigma, and anything else carried in the projection (alpha, p0) or the evosax
-params. Shapes (d, N, popsize) and the loss are static and shared. The frozen model and
-the data are shared, unbatched arguments, so the sweep costs one copy of the model. With
-a mesh, the sweep axis is spread over devices.
+params. Shapes (d, N, popsize) and the loss are static and shared. The frozen model is a
+shared, unbatched argument, so the sweep costs one copy of the model. `Sweep` shares the
+rows too; `train_group` runs whole training runs that differ only in seeds, each on its own
+few-shot split (the rows carry the sweep axis, padded to one shape), with their own
+folders, checkpoints and results. With a mesh, the sweep axis is spread over devices.
 
 Shape letters (bbt_jax/types.py): S sweep cells, K intrinsic dim, G generations.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 
+from bbt_jax import tasks as tasks_lib
 from bbt_jax.problem import PromptProblem
-from bbt_jax.search import Search, SearchState
+from bbt_jax.search import Search, SearchState, absorb_interval
 
 # Only the projection carries the sweep axis; fitness (frozen model, data) is shared.
 _PROBLEM_AXES = PromptProblem(fitness=None, projection=0)
@@ -60,3 +67,97 @@ class Sweep:
             curves.append(out["generations"]["best_loss"])
         curves_SxG = jnp.concatenate(curves, axis=1)[:, :self.search.total_generations]
         return states_S, jax.device_get(curves_SxG)
+
+
+def _cell(tree, s: int):
+    return jax.tree.map(lambda x: x[s], tree)
+
+
+def problem_axes(problem: PromptProblem, per_cell_rows: bool) -> PromptProblem:
+    """vmap axes of a stacked problem: the projection always carries the sweep axis; the prepared rows
+    too where the cells have their own rows (other few-shot splits); the frozen model never."""
+    fitness = problem.fitness.replace(frozen=None, data=0) if per_cell_rows else None
+    return PromptProblem(fitness=fitness, projection=0)
+
+
+def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = print,
+                zero_shot: bool = False) -> list[dict] | None:
+    """Runs whose configs differ only in seeds (few-shot split, projection A, ES noise) as ONE vmapped
+    search: one compiled call per interval for all of them; returns each run's results dict as
+    train.train gives it (time.search_s: its share of the group's search; "vmapped": the group).
+
+    The splits are padded to common bucket lengths (the loss does not depend on padding, up to float
+    rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
+    artifact; the runs resume together when their checkpoints stand at the same generation. Returns None
+    (the caller runs them one by one) for gradient methods or splits of different row counts.
+    """
+    from bbt_jax import checkpoint as checkpoint_lib
+    from bbt_jax import train as train_lib
+    from bbt_jax.harness import build
+
+    names = [f"seed {c.run.seed}" for c in cfgs]
+    hs = [build(c, default_tokenizer=default_tokenizer, model=model, log=lambda s: None) for c in cfgs]
+    if hs[0].gradient or any(h.method != hs[0].method for h in hs):
+        return None
+    lengths = {}
+    for split in ("train", "dev"):
+        shapes = [[int(b.input_ids_BxL.shape[0]) for b in h.buckets(split)] for h in hs]
+        if any(s != shapes[0] for s in shapes):
+            return None
+        lengths[split] = tuple(max(ls) for ls in zip(*(tasks_lib.bucket_lengths(h.buckets(split)) for h in hs)))
+    runs = []
+    try:
+        for c, h, name in zip(cfgs, hs, names, strict=True):
+            ckpt = checkpoint_lib.Checkpointer(Path(c.run.out) / checkpoint_lib.CHECKPOINT_DIR,
+                                               warn=lambda s, name=name: log(f"[{name}] {s}"))
+            runs.append(train_lib.begin(c, ckpt, log=lambda s, name=name: log(f"[{name}] {s}"), out=c.run.out,
+                                        h=h, lengths=lengths, dev_init=False))
+        return _run_group(runs, log=log, zero_shot=zero_shot)
+    finally:
+        for r in runs:
+            r.ckpt.close()
+
+
+def _run_group(runs: list, *, log: Callable, zero_shot: bool) -> list[dict]:
+    from bbt_jax import train as train_lib
+
+    search, S = runs[0].search, len(runs)
+    done = {len(r.history) for r in runs}
+    if len(done) > 1:  # killed between two cells' checkpoints: each continues alone from its own
+        log(f"the runs' checkpoints stand at generations {sorted(done)}: running them one by one")
+        results = []
+        for r in runs:
+            r.start_clock()
+            r.state, r.history = r.search.run(r.train_problem, r.dev_problem, r.state, history=r.history,
+                                              on_interval=r.on_interval)
+            results.append(train_lib.finish(r, zero_shot=zero_shot))
+        return results
+    train_S = PromptProblem(runs[0].train_problem.fitness.replace(
+        data=stack([r.train_problem.fitness.data for r in runs])), stack([r.train_problem.projection for r in runs]))
+    dev_S = PromptProblem(runs[0].dev_problem.fitness.replace(
+        data=stack([r.dev_problem.fitness.data for r in runs])), stack([r.dev_problem.projection for r in runs]))
+    axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
+    interval = jax.jit(jax.vmap(search._interval, in_axes=(*axes, 0, 0)))
+    states_S, es_params_S = stack([r.state for r in runs]), stack([search.es_params() for _ in runs])
+    if not runs[0].history and runs[0].cfg.search.dev_init:  # fresh: z = 0 scored on dev, as train() does
+        states_S, z0_S = jax.jit(jax.vmap(search._dev_init, in_axes=(axes[1], 0)))(dev_S, states_S)
+        z0_S = jax.device_get(z0_S)
+        for s, r in enumerate(runs):
+            train_lib.record_dev_z0(r.results, _cell(z0_S, s))
+    t0 = time.perf_counter()
+    for r in runs:
+        r.start_clock()
+    while len(runs[0].history) < search.total_generations:
+        states_S, out = interval(train_S, dev_S, es_params_S, states_S)
+        out = jax.device_get(out)  # the one host sync of this interval, for every run
+        for s, r in enumerate(runs):
+            record = absorb_interval(search, r.history, _cell(out, s))
+            r.on_interval(_cell(states_S, s), r.history, record)
+    group_s = time.perf_counter() - t0
+    results = []
+    for s, r in enumerate(runs):
+        r.state = _cell(states_S, s)
+        res = train_lib.finish(r, zero_shot=zero_shot, search_s=group_s / S)
+        res["vmapped"] = {"runs": S, "search_s": group_s, "seeds": [x.cfg.run.seed for x in runs]}
+        results.append(res)
+    return results

@@ -389,17 +389,28 @@ def pad_batch(rows: Sequence[Encoded], length: int, pad_id: int, num_rows: int |
 
 
 def make_buckets(rows: Sequence[Encoded], pad_id: int, *, num_buckets: int = 1,
-                 multiple: int = 8) -> Buckets:
-    """Split rows by length into `num_buckets` fixed-shape batches (one call runs them all)."""
+                 multiple: int = 8, lengths: Sequence[int] | None = None) -> Buckets:
+    """Split rows by length into `num_buckets` fixed-shape batches (one call runs them all).
+
+    `lengths`: pad bucket j to at least lengths[j] (bucket_lengths of other splits: several few-shot
+    splits of one task in one shape, e.g. seeds stacked by sweep.py)."""
     if not rows:
         raise UserError("no rows to batch")
     order = sorted(rows, key=lambda r: len(r.ids))
     num_buckets = max(1, min(num_buckets, len(order)))
-    groups = np.array_split(np.arange(len(order)), num_buckets)
+    groups = [g for g in np.array_split(np.arange(len(order)), num_buckets) if len(g)]
+    least = list(lengths) if lengths is not None else [0] * len(groups)
+    if len(least) != len(groups):
+        raise ValueError(f"{len(least)} bucket lengths for {len(groups)} buckets")
     return tuple(
-        pad_batch([order[i] for i in g], _round_up(max(len(order[i].ids) for i in g), multiple), pad_id)
-        for g in groups if len(g)
+        pad_batch([order[i] for i in g], max(_round_up(max(len(order[i].ids) for i in g), multiple), m), pad_id)
+        for g, m in zip(groups, least)
     )
+
+
+def bucket_lengths(buckets: Buckets) -> tuple[int, ...]:
+    """The padded length of each bucket."""
+    return tuple(int(b.input_ids_BxL.shape[1]) for b in buckets)
 
 
 def make_eval_batches(rows: Sequence[Encoded], pad_id: int, *, batch_rows: int = 32,

@@ -11,6 +11,7 @@ Shape letters: see bbt_jax/types.py.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -76,11 +77,63 @@ def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Call
 
 
 def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
+    run = begin(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, out=out, model=model)
+    run.state, run.history = run.search.run(run.train_problem, run.dev_problem, run.state, history=run.history,
+                                            on_interval=run.on_interval)
+    return finish(run, zero_shot=zero_shot)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run between `begin` and `finish`: its harness, search, state and curve, and the clock.
+    sweep.train_group drives several of them through one vmapped search."""
+
+    cfg: Config
+    h: Harness
+    search: object  # search.Search or gradient.GradientSearch
+    train_problem: object
+    dev_problem: object
+    state: object
+    history: list
+    results: dict
+    resumed: object  # checkpoint.Restored or None
+    ckpt: object  # checkpoint.Checkpointer or None
+    out: Path | None
+    log: Callable
+    clock: dict  # perf_counter marks: start, built, search (its start), first (the first interval's s)
+    marks: dict = dataclasses.field(default_factory=dict)
+
+    def on_interval(self, state, history, record) -> None:
+        """After each interval (host values): the progress line and due checkpoints."""
+        now, m = time.perf_counter(), self.marks
+        if self.clock.get("first") is None:
+            self.clock["first"] = now - self.clock["search"]  # includes compilation
+        rate = (record["calls"] - m["calls"]) / max(now - m["last"], 1e-9)
+        m.update(last=now, calls=record["calls"])
+        self.log(format_progress(record, self.cfg.search.budget, self.h.task.metric, rate))
+        if self.ckpt is not None and checkpoint_lib.due(self.cfg.run.checkpoint_every, m["generation"], len(history)):
+            self.ckpt.save(state, history, self.cfg)
+        m["generation"] = len(history)
+
+    def start_clock(self) -> None:
+        self.clock["search"] = now = time.perf_counter()
+        self.marks = {"last": now, "calls": self.history[-1]["calls"] if self.history else 0,
+                      "generation": len(self.history)}
+
+
+def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, out=None, model=None,
+          h: Harness | None = None, lengths: dict | None = None, dev_init: bool = True) -> Run:
+    """Build the harness (or take `h`, built from `cfg`), restore the search from `ckpt` or init it (and
+    score z = 0 on dev), write out/config.json; the search itself is the caller's. `lengths`: {"train": ...,
+    "dev": ...} bucket lengths (one shape for several seeds); `dev_init` False: the caller scores z = 0."""
     t0 = time.perf_counter()
     if ckpt is not None:
         ckpt.restore(cfg)  # settings checked against the checkpoint before the model is loaded
-    h = build(cfg, default_tokenizer=default_tokenizer, log=log, model=model)
-    search, train_problem, dev_problem = h.search(), h.problem("train"), h.problem("dev")
+    h = h or build(cfg, default_tokenizer=default_tokenizer, log=log, model=model)
+    lengths = lengths or {}
+    search = h.search()
+    train_problem = h.problem("train", lengths=lengths.get("train"))
+    dev_problem = h.problem("dev", lengths=lengths.get("dev"))
     t_built = time.perf_counter()
     what = (f"{cfg.gradient.optimizer} lr={cfg.gradient.lr} steps={cfg.search.budget}" if h.gradient else
             f"d={cfg.prompt.intrinsic_dim} pop={cfg.search.popsize} budget={cfg.search.budget}")
@@ -109,33 +162,32 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
         done = "; the search is complete" if resumed.generation >= search.total_generations else ""
         log(f"resuming from {ckpt.directory / str(resumed.generation)} (generation {resumed.generation}, "
             f"{resumed.generation * h.calls_per_generation} calls){done}")
-    elif cfg.search.dev_init:
+    elif cfg.search.dev_init and dev_init:
         state, z0 = search.dev_init(dev_problem, state)
-        z0 = jax.device_get(z0)
-        results["dev_z0"] = {"perf": float(z0["dev_perf"]), "loss": float(z0["dev_loss"])}
+        record_dev_z0(results, jax.device_get(z0))
     if out:
         checkpoint_lib.save_config(Path(out), cfg)
+    run = Run(cfg, h, search, train_problem, dev_problem, state, history, results, resumed, ckpt,
+              Path(out) if out else None, log, {"start": t0, "built": t_built})
+    run.start_clock()
+    return run
 
-    # search
-    t_search = time.perf_counter()
-    marks = {"last": t_search, "calls": history[-1]["calls"] if history else 0, "first": None,
-             "generation": len(history)}
 
-    def on_interval(state, history, record):
-        now = time.perf_counter()
-        if marks["first"] is None:
-            marks["first"] = now - t_search  # includes compilation
-        rate = (record["calls"] - marks["calls"]) / max(now - marks["last"], 1e-9)
-        marks.update(last=now, calls=record["calls"])
-        log(format_progress(record, cfg.search.budget, h.task.metric, rate))
-        if ckpt is not None and checkpoint_lib.due(cfg.run.checkpoint_every, marks["generation"], len(history)):
-            ckpt.save(state, history, cfg)
-        marks["generation"] = len(history)
+def record_dev_z0(results: dict, z0: dict) -> None:
+    """results["dev_z0"]: the dev score of the starting prompt (host values of search.dev_init)."""
+    results["dev_z0"] = {"perf": float(z0["dev_perf"]), "loss": float(z0["dev_loss"])}
 
-    state, history = search.run(train_problem, dev_problem, state, history=history, on_interval=on_interval)
-    if ckpt is not None:
-        ckpt.save(state, history, cfg)  # the final state (no-op if just saved)
+
+def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None) -> dict:
+    """After the search: save the final checkpoint, select the best-on-dev candidate, score it (and with
+    `zero_shot` the start) on test, write the prompt artifact; returns the results dict. `search_s`: the
+    run's share of a shared (vmapped) search, where its own clock would count the whole group's."""
+    cfg, h, state, history, log, results = run.cfg, run.h, run.state, run.history, run.log, run.results
+    if run.ckpt is not None:
+        run.ckpt.save(state, history, cfg)  # the final state (no-op if just saved)
     t_done = time.perf_counter()
+    shared = search_s is not None
+    search_s = t_done - run.clock["search"] if search_s is None else search_s
 
     # select and test
     best = jax.device_get({"z": state.best_dev_z, "perf": state.best_dev_perf,
@@ -153,6 +205,7 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
     log(f"best dev {h.task.metric} {float(best['perf']):.4f} (generation {int(best['gen'])}) | test {test}")
 
     # write
+    setup_s = run.clock["built"] - run.clock["start"]
     results.update({
         "calls": history[-1]["calls"] if history else 0, "generations": len(history),
         "passes": passes(h, history),
@@ -162,12 +215,13 @@ def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
                 "best_generation": int(best["gen"]), "metric": h.task.metric},
         "test": test, "nonfinite_losses": int(best["nonfinite"]), "curve": history,
         "best_z": None if h.gradient else np.asarray(best["z"]).tolist(),  # gradient methods: prompt.safetensors
-        "resumed_from_generation": resumed.generation if resumed is not None else None,
-        "time": {"wall_s": t_end - t0, "setup_s": t_built - t0, "search_s": t_done - t_search,
-                 "first_interval_s": marks["first"], "test_s": t_end - t_done},
+        "resumed_from_generation": run.resumed.generation if run.resumed is not None else None,
+        "time": {"wall_s": setup_s + search_s + (t_end - t_done) if shared else t_end - run.clock["start"],
+                 "setup_s": setup_s, "search_s": search_s,
+                 "first_interval_s": run.clock.get("first"), "test_s": t_end - t_done},
     })
-    if out:
+    if run.out:
         metrics = {"dev": results["dev"], "test": test, "calls": results["calls"]}
-        paths = artifact_lib.save_prompt(Path(out), h, best["z"], metrics)
+        paths = artifact_lib.save_prompt(run.out, h, best["z"], metrics)
         results["prompt"] = {k: p.name for k, p in paths.items()}
     return results

@@ -2,10 +2,13 @@
 through the CLI (cells, report, resume by skipping, another grid refused)."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 
 from bbt_jax import cli, grid
+from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 
 
@@ -116,3 +119,53 @@ def test_tiny_sweep_end_to_end(tmp_path, data_dir, capsys):
     err = _err([a if a != "8" else "12" for a in argv], capsys)
     assert "overrides" in err and '"budget": 12' in err
     assert not (out / "seed=42").exists()
+
+
+def test_seed_groups_gather_cells_that_differ_only_in_seeds():
+    base = config_lib.tiny()
+    cfgs = [config_lib.override(base, seed=s, method=m, out=f"o{i}")
+            for i, (m, s) in enumerate([("bbt", 13), ("bbtv2", 13), ("bbt", 21), ("bbtv2", 21), ("bbt", 42)])]
+    cfgs.append(config_lib.override(base, seed=13, split_seed=5, out="x"))
+    assert grid.seed_groups(cfgs) == [[0, 2, 4, 5], [1, 3]]
+
+
+def test_vmapped_seeds_equal_their_solo_runs_and_resume_together(tmp_path, data_dir, capsys):
+    """`sweep` runs seed cells as one vmapped search (each on its own few-shot split, padded to one
+    shape); each cell's curve, selection and test equal `--no-vmap-seeds` (one by one) up to float
+    rounding. Killed after its first checkpoint, the group resumes together, exactly."""
+    def argv(out, *extra):
+        return ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid", "seed=13,21", "--budget", "24",
+                "--eval-every", "8", "--test-rows", "16", "--num-buckets", "2", "--eval-buckets", "1",
+                "--checkpoint-every", "1", "--dev-init", "--out", str(out), *extra]
+
+    assert cli.main(argv(tmp_path / "solo", "--no-vmap-seeds")) == 0
+    assert cli.main(argv(tmp_path / "vmap")) == 0
+    printed = capsys.readouterr().out
+    assert "seeds vmapped]" in printed and "[2/2] seed=21: test acc" in printed
+    for seed in (13, 21):
+        a = json.loads((tmp_path / "solo" / f"seed={seed}" / "results.json").read_text())
+        b = json.loads((tmp_path / "vmap" / f"seed={seed}" / "results.json").read_text())
+        assert "vmapped" not in a and b["vmapped"]["runs"] == 2 and b["effective"]["split_seed"] == seed
+        for key in ("best_loss", "mean_loss"):
+            np.testing.assert_allclose([r[key] for r in b["curve"]], [r[key] for r in a["curve"]], rtol=1e-4,
+                                       atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(b["best_z"], a["best_z"], atol=1e-4)
+        assert b["dev"] == a["dev"] and b["test"] == a["test"] and b["zero_shot_test"] == a["zero_shot_test"]
+        assert b["dev_z0"]["perf"] == a["dev_z0"]["perf"] and b["calls"] == a["calls"] == 24
+    a13, a21 = (json.loads((tmp_path / "vmap" / f"seed={s}" / "results.json").read_text()) for s in (13, 21))
+    assert a13["curve"][0]["best_loss"] != a21["curve"][0]["best_loss"]  # two splits, two seeds: cells differ
+
+    # "killed" after the first interval: results and later checkpoints gone, the group resumes from generation 2
+    for seed in (13, 21):
+        cell = tmp_path / "vmap" / f"seed={seed}"
+        (cell / "results.json").unlink()
+        for step in (cell / "checkpoints").iterdir():
+            if step.name.isdigit() and int(step.name) > 2:
+                shutil.rmtree(step)
+    assert cli.main(argv(tmp_path / "vmap")) == 0
+    assert capsys.readouterr().out.count("resuming from") == 2
+    for seed, before in ((13, a13), (21, a21)):
+        after = json.loads((tmp_path / "vmap" / f"seed={seed}" / "results.json").read_text())
+        assert after["resumed_from_generation"] == 2
+        for key in ("best_z", "curve", "dev", "test"):
+            assert after[key] == before[key], key
