@@ -2,7 +2,8 @@
 
 Pick a preset (`--preset paper|paper-bbtv2|tiny|demo`), then override any field with its flag. `sweep` runs
 a grid of such runs (grid.py), `report` tabulates and plots finished runs (report.py), `inspect` reads a
-saved prompt as tokens (reading.py), `export` writes it as a PEFT adapter (export.py).
+saved prompt as tokens (reading.py), `export` writes it as a PEFT adapter (export.py), `library` stores
+prompts and retrieves them for a new task (library.py).
 User mistakes print one line `error: ...` and exit with code 2, never a traceback.
 """
 
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", metavar="RUNS", help="results.json files or folders holding them")
     r.add_argument("--out", metavar="DIR", help="where to write (default: the first RUNS folder)")
     add_inspect_export_parsers(sub)
+    add_library_parsers(sub)
     return p
 
 
@@ -102,6 +104,46 @@ def add_inspect_export_parsers(sub) -> None:
     x.add_argument("--peft", required=True, metavar="DIR", help="folder for adapter_config.json + "
                    "adapter_model.safetensors")
     x.add_argument("--base-model", metavar="NAME", help="base_model_name_or_path (default: the card's model)")
+
+
+DEFAULT_LIBRARY = "runs/library"
+
+
+def add_library_parsers(sub) -> None:
+    lp = sub.add_parser("library", help="a prompt library with retrieval (RoSPr): add runs, list, query",
+                        description="Store tuned prompts with keys = frozen-model embeddings of their training rows; "
+                        "retrieve the prompts whose rows look like a new task's (bbt_jax/library.py).")
+    lsub = lp.add_subparsers(dest="library_command", required=True)
+    a = lsub.add_parser("add", help="add train runs to the library (re-adding a run replaces its entry)",
+                        description="Each RUN's training rows are embedded with its own template and placement, the "
+                        "prompt slots at the placement's p0; the prompt, the keys and the run's metrics are stored.")
+    a.add_argument("runs", nargs="+", metavar="RUN", help="train --out folders (or their prompt.json)")
+    a.add_argument("--library", default=DEFAULT_LIBRARY, metavar="DIR", help="the library folder (created if needed)")
+    a.add_argument("--data-dir", dest="data_dir", default=argparse.SUPPRESS, metavar="DIR",
+                   help="where the runs' data lives (default: each run's own, else ../shared/data)")
+    ls = lsub.add_parser("list", help="the library's entries")
+    ls.add_argument("--library", default=DEFAULT_LIBRARY, metavar="DIR")
+    ls.add_argument("--json", action="store_true", help="print the index as JSON")
+    q = lsub.add_parser("query", help="retrieve prompts for a task by instance vote; optionally interpolate and "
+                        "write one for train --init-prompt",
+                        description="Embed the task's few-shot train rows (--task, --seed, --k-shot, --data-dir and "
+                        "the layout flags below; unset ones come from --preset, else from the library's first entry), "
+                        "let each row vote for the entries of its --top-m nearest keys, print the top --k entries. "
+                        "Entries whose prompt does not fit the query's layout are skipped (library.py says which). "
+                        "Rows are always embedded at the placement's own p0 in float32 (--init-prompt, --prompt-init "
+                        "and --dtype do not apply).")
+    q.add_argument("--library", default=DEFAULT_LIBRARY, metavar="DIR")
+    q.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
+                   help="starting configuration (default: the config of the library's first entry)")
+    q.add_argument("--k", type=int, default=3, help="entries retrieved")
+    q.add_argument("--top-m", dest="top_m", type=int, default=5, help="nearest keys per query row (its votes)")
+    q.add_argument("--exclude-task", action="store_true",
+                   help="leave the query task's own entries out (leave-one-task-out)")
+    q.add_argument("--interpolate", action="store_true",
+                   help="average the retrieved prompts weighted by vote share (else the top entry's prompt)")
+    q.add_argument("--write", metavar="FILE", help="write the prompt as FILE.safetensors, for train --init-prompt")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_config_flags(q)
 
 
 def resolve_config(args: argparse.Namespace) -> config_lib.Config:
@@ -194,16 +236,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _saved_harness(args: argparse.Namespace, log=lambda s: None):
     """(saved prompt, its harness rebuilt as cmd_eval does: the card's config with the flags' overrides)."""
     from bbt_jax import artifact
-    from bbt_jax.harness import build
 
     saved = artifact.load_prompt(args.prompt)
+    return saved, _harness_of(saved, args, log=log)
+
+
+def _harness_of(saved, args: argparse.Namespace, log=lambda s: None, model=None, **fixed):
+    """The harness of a saved prompt: its card's config, the flags' overrides, then `fixed` settings; `model`:
+    an already loaded model to reuse."""
+    from bbt_jax import artifact
+    from bbt_jax.harness import build
+
     fields = config_lib.flat_fields()
     overrides = {k: v for k, v in vars(args).items() if k in fields}
-    cfg = artifact.config_for(saved, **overrides)
+    cfg = artifact.config_for(saved, **{**overrides, **fixed})
     if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
         cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
-    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=log)
-    return saved, h
+    return build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), model=model, log=log)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -236,6 +285,107 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder_prompt(run: str):
+    from bbt_jax import artifact
+
+    path = Path(run)
+    if not path.exists():
+        raise UserError(f"library add {run}: no such folder")
+    if path.is_dir() and not (path / artifact.CARD_FILE).is_file():
+        raise UserError(f"library add {run}: no {artifact.CARD_FILE} here (expected a `bbt-jax train --out` folder)")
+    return artifact.load_prompt(path)
+
+
+def _run_results(saved) -> dict | None:
+    path = saved.path.parent / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"library add {path}: unreadable results.json ({e})") from None
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    from bbt_jax import library
+
+    lib_dir = Path(args.library)
+    if lib_dir.exists() and not lib_dir.is_dir():
+        raise UserError(f"--library {lib_dir}: is a file, expected a folder")
+    if args.library_command == "add":
+        lib = library.open_library(lib_dir) if (lib_dir / library.INDEX_FILE).exists() else None
+        saved = [_run_folder_prompt(r) for r in args.runs]
+        model_src = lib.index["model"] if lib else saved[0].card["model"]
+        for s in saved:
+            if s.card["model"] != model_src:
+                raise UserError(f"library add {s.path.parent}: a prompt of {s.card['model']}, but the library "
+                                f"holds prompts of {model_src}")
+        model, built = None, []
+        for s in saved:  # everything is embedded before anything is written
+            h = _harness_of(s, args, model=model, **library.EMBED_SETTINGS)
+            model = h.model
+            built.append((s, library.entry_of(s, h, _run_results(s)), library.embed_rows(h)))
+        lib = lib or library.new_library(lib_dir, model_src, model.family.name)
+        for s, entry, keys_MxD in built:
+            i = library.add_entry(lib, entry, keys_MxD, s.prompt_NxD, s.layers_YxNxD)
+            print(f"entry {i}: {entry['task']} seed {entry['seed']} {entry['method']} "
+                  f"{library.layout_str(entry)}, {len(keys_MxD)} keys ({entry['run']})")
+        library.save(lib)
+        print(f"wrote {lib_dir / library.INDEX_FILE} ({len(lib.entries)} entries)")
+        return 0
+    lib = library.open_library(lib_dir)
+    if args.library_command == "list":
+        print(json.dumps(lib.index, indent=1) if args.json else library.format_list(lib))
+        return 0
+    return _library_query(args, lib)
+
+
+def _library_query(args: argparse.Namespace, lib) -> int:
+    from bbt_jax import library
+    from bbt_jax.harness import build
+
+    if args.k < 1 or args.top_m < 1:
+        raise UserError(f"--{'k' if args.k < 1 else 'top-m'} {min(args.k, args.top_m)}: must be >= 1")
+    if args.write and Path(args.write).suffix != ".safetensors":
+        raise UserError(f"--write {args.write}: must end in .safetensors (the file --init-prompt reads)")
+    if not lib.entries:
+        raise UserError(f"--library {lib.path}: the library is empty")
+    base = config_lib.PRESETS[args.preset]() if args.preset else config_lib.from_dict(lib.entries[0]["config"])
+    overrides = {k: v for k, v in vars(args).items() if k in config_lib.flat_fields()}
+    cfg = config_lib.override(base, **{**overrides, **library.EMBED_SETTINGS})  # keys: always at p0, fp32
+    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
+        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
+    if h.model.source != lib.index["model"]:
+        raise UserError(f"--model {cfg.model.model}: the library holds prompts of {lib.index['model']}, "
+                        f"not of {h.model.source}")
+    result = library.query(lib, library.embed_rows(h), library.layout_of(h), task=h.task.name, k=args.k,
+                           top_m=args.top_m, exclude_task=args.exclude_task)
+    result.update(seed=cfg.run.seed, k_shot=cfg.run.k_shot, interpolated=args.interpolate, written=None)
+    ranking = result["ranking"]
+    if args.interpolate:
+        prompt_NxD, layers, weights = library.interpolate(lib, ranking)
+        for x, w in zip(ranking, weights):
+            x["weight"] = w
+    else:
+        prompt_NxD, layers = lib.prompt(ranking[0]["id"])
+    if args.write:
+        meta = {"library": str(lib.path), "task": h.task.name, "seed": cfg.run.seed,
+                "entries": [x["id"] for x in (ranking if args.interpolate else ranking[:1])],
+                "weights": [x.get("weight", 1.0) for x in (ranking if args.interpolate else ranking[:1])]}
+        result["written"] = str(library.write_prompt(args.write, prompt_NxD, layers, meta))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(library.format_query(result))
+    if result["written"]:
+        what = "vote-weighted average of entries " + ", ".join(str(i) for i in meta["entries"]) \
+            if args.interpolate else f"the prompt of entry {ranking[0]['id']}"
+        print(f"wrote {args.write} ({what}); start from it with: bbt-jax train --task {h.task.name} "
+              f"--seed {cfg.run.seed} --placement {h.layout.placement} --init-prompt {args.write} ...")
+    return 0
+
+
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -248,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report,
-                    "inspect": cmd_inspect, "export": cmd_export}
+                    "inspect": cmd_inspect, "export": cmd_export, "library": cmd_library}
         return commands[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
