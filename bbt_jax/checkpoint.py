@@ -46,10 +46,10 @@ _KEEP = 3  # committed steps kept; older ones are deleted by orbax
 
 # Settings that change the search trajectory: a resume must match the checkpoint in
 # every one of them. `budget` may grow (the search continues); everything else
-# (data_dir, test_rows, eval_batch, out, checkpoint_every, pop_chunk) is free:
+# (data_dir, tfds_data_dir, test_rows, eval_batch, out, checkpoint_every, pop_chunk) is free:
 # pop_chunk only bounds memory, though it may change the last bits of the losses.
 SEARCH_FIELDS = (
-    "task", "k_shot", "seed", "split", "split_seed", "projection_seed", "es_seed",
+    "task", "k_shot", "seed", "split", "split_seed", "projection_seed", "es_seed", "data_source", "tfds_name",
     "model", "tokenizer", "dtype", "zero_lm_head_bias",
     "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt", "prompt_init",
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets",
@@ -86,6 +86,9 @@ def due(checkpoint_every: int, prev_generation: int, generation: int) -> bool:
 def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, where: Path) -> None:
     """Refuse to resume with settings that change the search (names every differing field)."""
     current = config_lib.to_dict(cfg)
+    run = saved.get("run", {})
+    if "data_source" not in run:  # written before --data-source existed: the JSONL splits
+        saved = {**saved, "run": {**run, "data_source": "jsonl", "tfds_name": ""}}
     fields = SEARCH_FIELDS + (GRADIENT_FIELDS if cfg.search.method in config_lib.GRADIENT_METHODS else ())
     differ = config_lib.diff(saved, current, fields)
     if differ:

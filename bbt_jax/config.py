@@ -22,6 +22,7 @@ METHODS = ("bbt", "bbtv2", "prompt-tuning", "deep-prompt-tuning")
 GRADIENT_METHODS = ("prompt-tuning", "deep-prompt-tuning")
 LAYER_SCHEDULES = ("sequential", "parallel")
 PROMPT_INITS = ("placement", "vocab", "random")
+DATA_SOURCES = ("jsonl", "tfds")
 
 
 def _f(default, help: str, **kw):
@@ -217,6 +218,14 @@ class RunConfig:
     eval_buckets: int = _f(0, "dev/test scoring uses at most this many padded lengths (compiled shapes); "
                            "0: one per distinct length (rounded to 16)")
     out: str = _f("runs/latest", "output folder (results.json, checkpoints, prompt)")
+    data_source: str = _f("jsonl", "where the task rows come from: jsonl (--data-dir's shipped splits) or tfds "
+                          "(tensorflow-datasets, extra [tfds]: --tfds-name)")
+    tfds_name: str = _f("", "with --data-source tfds: a catalog dataset of --task (empty: its default, glue/sst2, "
+                        "yelp_polarity_reviews, ag_news_subset, huggingface:dbpedia_14, glue/mrpc, snli, glue/rte), "
+                        "whose train split is sampled into k-shot train/dev by the split seed, test its full "
+                        "labelled eval split; or bbt_jax_fewshot (the shipped JSONL of --data-dir as a tfds dataset)")
+    tfds_data_dir: str = _f("", "with --data-source tfds: the tfds data dir (empty: TFDS_DATA_DIR or "
+                            "~/tensorflow_datasets)")
     checkpoint_every: int = _f(0, "save the search state to --out/checkpoints every this many generations, "
                                "rounded up to the next dev interval (the state is on the host only there); "
                                "0: only at the end. A rerun with the same --out resumes from the latest one")
@@ -235,6 +244,13 @@ class RunConfig:
         for name in ("test_rows", "checkpoint_every", "eval_buckets"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= 0")
+        if self.data_source not in DATA_SOURCES:
+            raise UserError(f"--data-source {self.data_source}: choose from {', '.join(DATA_SOURCES)}")
+        if self.data_source == "tfds":
+            from bbt_jax.tfds_source import CATALOG, resolve
+
+            if self.task in CATALOG:  # an unknown task is named by tasks.get_task
+                resolve(self.task, self.tfds_name, self.k_shot, self.seed_of("split"), self.split)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

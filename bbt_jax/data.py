@@ -81,7 +81,7 @@ def split_paths(data_dir: Path, task: str, k_shot: int, seed: int, *, split: str
     return {"train": shot / "train.jsonl", "dev": shot / "dev.jsonl", "test": root / task / "test.jsonl"}
 
 
-def check_train_split(rows: list[Example], path: Path, num_labels: int) -> None:
+def check_train_split(rows: list[Example], path: Path | str, num_labels: int) -> None:
     """Refuse an empty or one-class training split (no signal to search on)."""
     if not rows:
         raise UserError(f"{path}: the training split is empty")

@@ -201,6 +201,13 @@ class Harness:
             verbalizer_space=cfg.prompt.verbalizer_space if kind == "masked" else None,
             decoder_splice=self.layout.splice if kind == "causal" else None,
             tokenizer=cfg.model.tokenizer or None)
+        if r.data_source == "tfds":
+            from bbt_jax.tfds_source import resolve
+
+            out.update(tfds_name=resolve(self.task.name, r.tfds_name, r.k_shot, r.seed_of("split"), r.split),
+                       tfds_data_dir=r.tfds_data_dir or None)
+        else:
+            out.update(tfds_name=None, tfds_data_dir=None)
         return out
 
 
@@ -222,10 +229,16 @@ def initial_prompt(kind: str, word_VxD, n: int, seed: int) -> np.ndarray:
 
 
 def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
-    """train/dev/test examples of the run's task and split; empty or one-class train is an error."""
+    """train/dev/test examples of the run's task and split, from --data-dir's JSONL or from tfds
+    (tfds_source.py); empty or one-class train is an error."""
     r = cfg.run
-    paths = data_lib.split_paths(Path(r.data_dir), task.name, r.k_shot, r.seed_of("split"), split=r.split)
-    splits = {k: data_lib.read_jsonl(p, task.num_labels, pair=task.pair) for k, p in paths.items()}
+    if r.data_source == "tfds":
+        from bbt_jax import tfds_source
+
+        splits, paths = tfds_source.read_splits(r, task)
+    else:
+        paths = data_lib.split_paths(Path(r.data_dir), task.name, r.k_shot, r.seed_of("split"), split=r.split)
+        splits = {k: data_lib.read_jsonl(p, task.num_labels, pair=task.pair) for k, p in paths.items()}
     data_lib.check_train_split(splits["train"], paths["train"], task.num_labels)
     if not splits["dev"]:
         raise UserError(f"{paths['dev']}: the dev split is empty")
