@@ -3,8 +3,10 @@
 Usage (from the repo root, after `make setup`):
     python experiments/smollm2_methods.py --tasks sst2 agnews rte --seeds 13 21 42 87 100 \
         --out experiments/smollm2/methods
-One process loads SmolLM2 once and runs every cell (task x method x seed) in turn; a cell whose
-results.json exists is skipped, so a killed run continues where it stopped. Writes
+One process loads SmolLM2 once and runs every cell (task x method x seed); the pending seeds of an ES
+method (bbt, bbtv2) run as ONE vmapped search (sweep.train_group, equal to solo runs up to float
+rounding; seeds 13 and 21 ran one by one), gradient methods seed by seed. A cell whose results.json
+exists is skipped, so a killed run continues where it stopped. Writes
 <out>/<task>-<method>-<seed>/results.json and the table <out>/README.md (mean +- std over seeds of the
 test metric, calls, forward/backward passes, wall time and search time per generation). The zero-shot
 row is the cue template (z = 0) scored in the BBT cells' test pass.
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 from bbt_jax import config as C
+from bbt_jax import sweep
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
@@ -60,23 +63,37 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--test-rows", type=int, default=200)
     p.add_argument("--out", default="experiments/smollm2/methods")
+    p.add_argument("--no-vmap-seeds", action="store_true", help="run every cell alone (default: the pending seeds "
+                   "of an ES method as one vmapped search, sweep.train_group)")
     args = p.parse_args()
 
     model = load("smollm2", "")
     t0 = time.perf_counter()
-    for seed in args.seeds:  # seed-major: a stopped run leaves whole seeds of every task and method
-        for task in args.tasks:
-            for method in args.methods:
-                cfg = cell_config(task, method, seed, args)
-                out = Path(cfg.run.out)
-                if (out / "results.json").is_file():
-                    continue
-                out.mkdir(parents=True, exist_ok=True)
-                res = train(cfg, log=lambda s: print(f"[{task} {method} {seed}] {s}", flush=True),
-                            zero_shot=method == "bbt", out=out, model=model)
-                res["environment"] = environment(os.environ)
-                write_json_atomic(out / "results.json", res)
-                print(f"[{task} {method} {seed}] done, {time.perf_counter() - t0:.0f} s so far", flush=True)
+
+    def save(cfg, res, task, method, seed):
+        res["environment"] = environment(os.environ)
+        write_json_atomic(Path(cfg.run.out) / "results.json", res)
+        print(f"[{task} {method} {seed}] done, {time.perf_counter() - t0:.0f} s so far", flush=True)
+
+    for task in args.tasks:
+        for method in args.methods:
+            todo = [s for s in args.seeds if not (Path(cell_config(task, method, s, args).run.out)
+                                                 / "results.json").is_file()]
+            cfgs = [cell_config(task, method, s, args) for s in todo]
+            for cfg in cfgs:
+                Path(cfg.run.out).mkdir(parents=True, exist_ok=True)
+            grouped = None
+            if len(cfgs) > 1 and not args.no_vmap_seeds:  # ES methods: the seeds as ONE vmapped search
+                grouped = sweep.train_group(cfgs, model=model, zero_shot=method == "bbt",
+                                            log=lambda s, m=method: print(f"[{task} {m} {todo}] {s}", flush=True))
+            if grouped is not None:
+                for cfg, res, seed in zip(cfgs, grouped, todo, strict=True):
+                    save(cfg, res, task, method, seed)
+                continue
+            for cfg, seed in zip(cfgs, todo, strict=True):  # gradient methods (or one seed): one by one
+                res = train(cfg, log=lambda s, m=method, seed=seed: print(f"[{task} {m} {seed}] {s}", flush=True),
+                            zero_shot=method == "bbt", out=Path(cfg.run.out), model=model)
+                save(cfg, res, task, method, seed)
     write_table(args)
     return 0
 
