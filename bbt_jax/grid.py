@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
-from bbt_jax.io import write_json_atomic
+from bbt_jax.io import read_json, write_json_atomic
 
 SWEEP_FILE = "sweep.json"
 # Settings the report already tells apart (task, seed columns; the method label); any other grid key
@@ -95,12 +95,7 @@ def parse_items(items: list[str]) -> dict[str, list]:
 def read_grid_file(path: str | Path) -> dict[str, list]:
     """--grid-file: a JSON object {key: [values]} (a single value counts as a list of one)."""
     where = f"--grid-file {path}"
-    try:
-        obj = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"{where}: unreadable ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{where}: malformed JSON ({e})") from None
+    obj = read_json(path, where, "JSON")
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected an object {{\"key\": [values], ...}}")
     grid: dict[str, list] = {}
@@ -167,10 +162,7 @@ def check_spec(out: Path, spec: dict) -> None:
     """Write out/sweep.json, or check that the one there describes the same sweep."""
     path = out / SWEEP_FILE
     if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: unreadable sweep file ({e})") from None
+        old = read_json(path, str(path), "sweep file")
         diffs = [f"{k} {json.dumps(old.get(k))} -> {json.dumps(spec[k])}"
                  for k in spec if _differs(k, old.get(k), spec[k])]
         if diffs:

