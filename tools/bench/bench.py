@@ -491,13 +491,19 @@ def bench_eval(h, *, name: str, model: str, num_buckets=(0, 4), prompts: int = 1
         t = time.perf_counter()
         res = split_metrics(h.backbone, h.frozen, batches, prompts_P, h.task.metric)
         second = time.perf_counter() - t
+        cache: dict = {}  # a prompt scored on rows already prepared (another seed / method of the task)
+        split_metrics(h.backbone, h.frozen, batches, prompts_P, h.task.metric, cache=cache)
+        t = time.perf_counter()
+        split_metrics(h.backbone, h.frozen, batches, prompts_P, h.task.metric, cache=cache)
+        reuse = time.perf_counter() - t
         rows = res[0]["rows"]
         out.append({"name": name, "model": model, "task": h.task.name, "num_buckets": nb, "rows": rows,
                     "batch_rows": h.cfg.run.eval_batch, "prompts": prompts, "batches": len(batches),
                     "shapes": len({b.input_ids_BxL.shape for b in batches}), "tokens_real": real_tokens(batches),
                     "tokens_padded": padded_tokens(batches), "first_pass_s": first, "compute_s": second,
                     "compile_s": max(first - second, 0.0), "compute_s_per_1000_rows": 1000 * second / rows,
-                    "compile_s_per_1000_rows": 1000 * max(first - second, 0.0) / rows})
+                    "compile_s_per_1000_rows": 1000 * max(first - second, 0.0) / rows,
+                    "reuse_s": reuse, "reuse_s_per_1000_rows": 1000 * reuse / rows})
     return out
 
 
@@ -595,6 +601,40 @@ def bench_sweep(quick: bool, data_dir, tokenizer_path) -> dict:
     return {"S": S, "vmapped_s": vmapped, "vmapped_first_s": first_vmapped, "sequential_s": sequential,
             "speedup": sequential / vmapped, "generations": search.total_generations, "pop": cfg.search.popsize,
             "model": "tiny"}
+
+
+def bench_seed_sweep(cfg, seeds, *, tokenizer_path=None, model=None) -> dict:
+    """`bbt-jax sweep`'s seed groups: the seeds of one config as ONE vmapped search (sweep.train_group, each
+    seed on its own split) vs the same runs one after another (train.train), as a user runs them: search time
+    with compilation, and the steady time per generation (the intervals after the first)."""
+    import tempfile
+
+    from bbt_jax import sweep as sweep_lib
+    from bbt_jax.models.registry import load
+    from bbt_jax.train import train
+
+    model = model or load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=tokenizer_path)
+    out = {"model": cfg.model.model, "task": cfg.run.task, "seeds": list(seeds), "pop": cfg.search.popsize,
+           "budget": cfg.search.budget, "eval_every": cfg.search.eval_every}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = [C.override(cfg, seed=s, out=f"{tmp}/solo-{s}") for s in seeds]
+        solo = [train(c, default_tokenizer=tokenizer_path, log=quiet, model=model) for c in cfgs]
+        cfgs = [C.override(cfg, seed=s, out=f"{tmp}/group-{s}") for s in seeds]
+        group = sweep_lib.train_group(cfgs, model=model, default_tokenizer=tokenizer_path, log=quiet)
+    gens = solo[0]["generations"]
+    first_gens = min(cfg.search.generations_per_eval, gens)
+
+    def steady(search_s, first_s):
+        return (search_s - first_s) / max(gens - first_gens, 1)
+
+    out["sequential_search_s"] = sum(r["time"]["search_s"] for r in solo)
+    out["vmapped_search_s"] = group[0]["vmapped"]["search_s"]
+    out["speedup"] = out["sequential_search_s"] / out["vmapped_search_s"]
+    out["sequential_steady_s_per_gen"] = sum(steady(r["time"]["search_s"], r["time"]["first_interval_s"])
+                                             for r in solo)
+    out["vmapped_steady_s_per_gen"] = steady(group[0]["vmapped"]["search_s"], group[0]["time"]["first_interval_s"])
+    out["steady_speedup"] = out["sequential_steady_s_per_gen"] / out["vmapped_steady_s_per_gen"]
+    return out
 
 
 # ----------------------------------------------------------------------------- main
@@ -697,6 +737,10 @@ def run(args, save=lambda out: None, bench_decoder=None) -> dict:
         section_done("population")
         print("population scaling:", json.dumps(out["population"]), flush=True)
         out["sweep"] = bench_sweep(args.quick, data_dir, tok)
+        if not args.quick and "smollm2" in args.shapes:  # tests/test_grid.py checks train_group's results
+            base = C.override(C.demo(), data_dir=str(data_dir), popsize=10, budget=60, eval_every=20, test_rows=32)
+            out["seed_sweep"] = bench_seed_sweep(base, [13, 21, 42, 87, 100], tokenizer_path=tok)
+            print("seed sweep:", json.dumps(out["seed_sweep"]), flush=True)
     out["complete"] = True
     section_done("sweep")
     return out
