@@ -39,7 +39,7 @@ TENSORS_FILE = "prompt.safetensors"
 CARD_FILE = "prompt.json"
 # Fields whose change redraws a different projection A (so z alone no longer gives the prompt).
 PROJECTION_FIELDS = ("model", "tokenizer", "seed", "projection_seed", "intrinsic_dim", "n_prompt_tokens", "alpha",
-                     "proj_sigma", "sigma", "random_proj", "placement", "init_prompt", "prompt_init", "dtype")
+                     "proj_sigma", "sigma", "random_proj", "placement", "init_prompt", "prompt_init", "dtype", "cue")
 
 
 @dataclasses.dataclass

@@ -74,6 +74,13 @@ class PromptConfig:
                        "prompt) or drop them as bbt.py's loaders do (whole string with <s> </s> and, in add "
                        "placement, the decoded prompt; kept iff <= max length)")
     verbalizer_space: bool = _f(False, "masked LMs: use ' word' (one token each) instead of bbt.py's 'word'")
+    template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
+                       "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
+                       "(and {text_pair}), before the prompt and cue. Empty: the task's")
+    cue: str = _f("", "decoders: the answer cue after the input (in cue placement also p0, the prompt's start); "
+                  "empty: the task's")
+    label_words: str = _f("", "verbalizer words, one per class in label order, separated by '|' (decoders: "
+                          "with their leading space, e.g. ' negative| positive'; each one token); empty: the task's")
     max_length: int = _f(512, "max tokens per row; the input text is truncated, never the template or prompt")
     num_buckets: int = _f(4, "length buckets of the train/dev batches inside the one compiled call (fixed "
                           "shapes; 1 pads every row to the longest). 4 is measured by `python -m tools.bench`")

@@ -250,7 +250,9 @@ def read_splits(cfg: Config, task: tasks_lib.Task) -> dict:
 def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: LoadedModel | None = None,
           log: Callable = print) -> Harness:
     """Everything a run needs, validated before any search starts."""
-    task = tasks_lib.get_task(cfg.run.task)
+    p = cfg.prompt
+    task = tasks_lib.with_template(tasks_lib.get_task(cfg.run.task), template=p.template, cue=p.cue,
+                                   label_words=p.label_words)
     splits = read_splits(cfg, task)
     model = model or load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
     family, vocab = model.family, model.vocab

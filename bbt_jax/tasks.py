@@ -140,6 +140,33 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def with_template(task: Task, *, template: str = "", cue: str = "", label_words: str = "") -> Task:
+    """The task with another template / cue / label words (--template, --cue, --label-words; empty keeps
+    the task's). The template replaces the masked-LM template and the decoder input part alike (only the
+    model's kind reads its own); its fields are checked here, one line naming the flag."""
+    changes: dict = {}
+    if template:
+        need = ["{text}"] + (["{text_pair}"] if task.pair else [])
+        masked_ok = all(f in template for f in need + ["{prompt}", "{mask}"])
+        decoder_ok = all(f in template for f in need) and "{prompt}" not in template and "{mask}" not in template
+        if not (masked_ok or decoder_ok):
+            raise UserError(f"--template {template!r}: needs {' and '.join(need)} (masked LMs also {{prompt}} and "
+                            "{mask}; decoders neither: the prompt and cue follow the input)")
+        if masked_ok:
+            changes["encoder_template"] = template
+        if decoder_ok:
+            changes["decoder_input"] = template
+    if cue:
+        changes["decoder_cue"] = cue
+    if label_words:
+        words = tuple(label_words.split("|"))
+        if len(words) != task.num_labels or not all(w.strip() for w in words):
+            raise UserError(f"--label-words {label_words!r}: {task.name} takes {task.num_labels} non-empty words "
+                            f"separated by '|' (labels {', '.join(task.labels)})")
+        changes.update(encoder_words=words, decoder_words=words)
+    return dataclasses.replace(task, **changes) if changes else task
+
+
 @dataclasses.dataclass(frozen=True)
 class Vocab:
     """What the encoder needs to know about a tokenizer.

@@ -315,3 +315,36 @@ def test_bucket_limits_minimise_padding():
             best = min(sum(min(b for b in (*c, values[-1]) if b >= L) for L in lengths)
                        for k in range(n) for c in itertools.combinations(values[:-1], k))
             assert cost == best
+
+
+def test_with_template_replaces_only_what_is_given_and_checks_fields(vocab):
+    sst2, rte = T.get_task("sst2"), T.get_task("rte")
+    assert T.with_template(sst2) is sst2
+    t = T.with_template(sst2, template="Text: {text}", cue="\nOverall:", label_words=" bad| good")
+    assert (t.decoder_input, t.decoder_cue, t.decoder_words) == ("Text: {text}", "\nOverall:", (" bad", " good"))
+    assert t.encoder_template == sst2.encoder_template  # a decoder template leaves the masked one alone
+    m = T.with_template(sst2, template="{prompt} {text} All in all, it was {mask} .", label_words="bad|good")
+    assert m.encoder_template.endswith("it was {mask} .") and m.decoder_input == sst2.decoder_input
+    np.testing.assert_array_equal(T.verbalizer_ids(m, vocab), [vocab.encode(w)[0] for w in ("bad", "good")])
+    for kwargs, flag in [({"template": "Review: {txt}"}, "--template"),
+                         ({"template": "{text}"}, None),
+                         ({"label_words": " a| b| c"}, "--label-words"), ({"label_words": " a|"}, "--label-words")]:
+        if flag is None:
+            T.with_template(sst2, **kwargs)
+            continue
+        with pytest.raises(UserError, match=flag):
+            T.with_template(sst2, **kwargs)
+    with pytest.raises(UserError, match=r"\{text_pair\}"):
+        T.with_template(rte, template="Premise: {text}")
+
+
+def test_template_flags_reach_the_run(data_dir):
+    from bbt_jax import config as C
+    from bbt_jax.harness import build
+    from tests.conftest import ROBERTA_TOKENIZER
+
+    h = build(C.override(C.tiny(), data_dir=str(data_dir), template="{prompt} {text} In short, {mask} .",
+                         label_words="bad|good", verbalizer_space=True), default_tokenizer=ROBERTA_TOKENIZER,
+              log=lambda s: None)
+    assert "In short, {mask}" in h.layout.template
+    assert h.verbalizer_C.tolist() == [h.model.vocab.encode(w)[0] for w in (" bad", " good")]
