@@ -202,8 +202,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = check_out_dir(args.sweep_out)
     print("base config (before the grid): " + json.dumps(config_lib.to_dict(cfg)), flush=True)
     print(f"grid: {json.dumps(grid)} ({len(grid_lib.cells(grid))} cells)", flush=True)
-    spec = {"preset": args.preset, "grid": grid, "overrides": overrides}
-    grid_lib.run(cfg, grid, out, spec=spec, environment=environment(os.environ),
+    variants = grid_lib.read_variants(args.grid_file)
+    spec = {"preset": args.preset, "grid": grid, "overrides": overrides, **({"variants": variants} if variants else {})}
+    grid_lib.run(cfg, grid, out, spec=spec, environment=environment(os.environ), variants=variants,
                  default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
                  log=lambda s: print(s, flush=True), vmap_seeds=args.vmap_seeds)
     return _report([out], out)

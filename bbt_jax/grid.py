@@ -8,7 +8,9 @@ A cell whose results.json exists is skipped; an interrupted cell resumes from it
 checkpoints (train.py resumes from the same out). One loaded model serves every cell while
 the model and tokenizer settings stay the same (put `model` first in a grid over models).
 `<out>/sweep.json` records the grid and the fixed overrides; an `<out>` holding another sweep
-is refused. At the end, report.py tabulates `<out>`.
+is refused. At the end, report.py tabulates `<out>`. A grid file may name bundles of settings,
+"variants" (e.g. {"bbt-paper": {"strategy": "pycma_es", ...}, "bbtv2": {"method": "bbtv2", "sigma": 0.2}}),
+that the grid key "variant" ranges over; the variant's name is the report's method label.
 
 Cells that differ only in their seeds (few-shot split, projection, ES noise) run as ONE vmapped
 search (sweep.train_group: one compiled call per interval for all of them, each cell still with its
@@ -93,13 +95,26 @@ def parse_items(items: list[str]) -> dict[str, list]:
 
 
 def read_grid_file(path: str | Path) -> dict[str, list]:
-    """--grid-file: a JSON object {key: [values]} (a single value counts as a list of one)."""
+    """--grid-file: a JSON object {key: [values]} (a single value counts as a list of one). Its optional
+    "variants" object (see `read_variants`) adds the grid key "variant" = every variant, in order, unless the
+    file gives "variant" itself."""
     where = f"--grid-file {path}"
     obj = read_json(path, where, "JSON")
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected an object {{\"key\": [values], ...}}")
     grid: dict[str, list] = {}
+    variants = read_variants(path)
     for raw, values in obj.items():
+        if raw == "variants":
+            continue
+        if raw == VARIANT:
+            values = values if isinstance(values, list) else [values]
+            unknown = [v for v in values if v not in variants]
+            if not values or unknown:
+                raise UserError(f"{where}: variant {unknown[0] if unknown else '(none)'!r} is not defined in "
+                                "its \"variants\"")
+            grid[VARIANT] = values
+            continue
         name = _key(raw, where)
         if name in grid:
             raise UserError(f"{where}: {name} appears twice")
@@ -107,7 +122,38 @@ def read_grid_file(path: str | Path) -> dict[str, list]:
         if not values:
             raise UserError(f"{where}: {raw} has no values")
         grid[name] = [parse_value(name, v, f"{where} ({raw})") for v in values]
+    if variants and VARIANT not in grid:
+        grid = {VARIANT: list(variants), **grid}
     return grid
+
+
+VARIANT = "variant"
+
+
+def read_variants(path: str | Path | None) -> dict[str, dict]:
+    """The grid file's "variants": {name: {setting: value}}, named bundles of settings (a method with its own
+    budget, sigma, ...) that one grid key "variant" ranges over; the name becomes the report's method label.
+    A setting may be in a variant or in the grid, not both."""
+    if path is None:
+        return {}
+    where = f"--grid-file {path}"
+    obj = read_json(path, where, "JSON")
+    raw = obj.get("variants", {}) if isinstance(obj, dict) else {}
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise UserError(f"{where}: \"variants\" must be an object {{\"name\": {{\"setting\": value}}}}")
+    grid_keys = {_key(k, where) for k in obj if k not in ("variants", VARIANT)}
+    out = {}
+    for name, settings in raw.items():
+        if not name or _UNSAFE.search(name):
+            raise UserError(f"{where}: variant name {name!r}: use letters, digits and . _ + -")
+        parsed = {}
+        for k, v in settings.items():
+            key = _key(k, f"{where} (variant {name})")
+            if key in grid_keys:
+                raise UserError(f"{where}: {key} is both in variant {name!r} and in the grid")
+            parsed[key] = parse_value(key, v, f"{where} (variant {name}, {k})")
+        out[name] = parsed
+    return out
 
 
 def parse(items: list[str], grid_file: str | Path | None = None) -> dict[str, list]:
@@ -146,10 +192,11 @@ def cell_label(results: dict, cell: dict) -> str | None:
     """The report's method label plus the grid settings the report does not show (None: none)."""
     from bbt_jax.report import method_label
 
-    extra = {k: v for k, v in cell.items() if k not in _REPORTED}
-    if not extra:
+    extra = {k: v for k, v in cell.items() if k not in _REPORTED and k != VARIANT}
+    name = cell.get(VARIANT) or (method_label(results) if extra else None)
+    if name is None:
         return None
-    return method_label(results) + " " + ",".join(f"{k}={_text(v)}" for k, v in extra.items())
+    return " ".join([name] + ([",".join(f"{k}={_text(v)}" for k, v in extra.items())] if extra else []))
 
 
 def _differs(key: str, old, new) -> bool:
@@ -185,7 +232,8 @@ def seed_groups(configs: list[config_lib.Config]) -> list[list[int]]:
 
 
 def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec: dict, environment: dict,
-        default_tokenizer: str | Path | None = None, log: Callable = print, vmap_seeds: bool = True) -> list[Path]:
+        default_tokenizer: str | Path | None = None, log: Callable = print, vmap_seeds: bool = True,
+        variants: dict[str, dict] | None = None) -> list[Path]:
     """Run every cell of `grid` on top of `base` under `out`; returns the cells' folders.
 
     Args:
@@ -198,6 +246,7 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
       log: one line at a time.
       vmap_seeds: run the unfinished cells that differ only in seeds as one vmapped search (ES methods;
         sweep.train_group), else one by one.
+      variants: {name: settings} for the grid key "variant" (read_variants).
     """
     from bbt_jax import sweep
     from bbt_jax.models.registry import load
@@ -205,7 +254,10 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
 
     out = Path(out)
     todo = cells(grid)
-    configs = [config_lib.override(base, **cell, out=str(out / cell_name(cell))) for cell in todo]  # validated
+    variants = variants or {}
+    configs = [config_lib.override(base, **variants.get(cell.get(VARIANT), {}),
+                                   **{k: v for k, v in cell.items() if k != VARIANT}, out=str(out / cell_name(cell)))
+               for cell in todo]  # validated
     check_spec(out, spec)
     loaded, spent, n = {"key": None, "model": None}, [], len(todo)
 

@@ -169,3 +169,28 @@ def test_vmapped_seeds_equal_their_solo_runs_and_resume_together(tmp_path, data_
         assert after["resumed_from_generation"] == 2
         for key in ("best_z", "curve", "dev", "test"):
             assert after[key] == before[key], key
+
+
+def test_variants_are_named_bundles_of_settings(tmp_path, data_dir, capsys):
+    f = tmp_path / "grid.json"
+    f.write_text(json.dumps({"variants": {"short": {"budget": 8}, "long": {"budget": 16, "sigma": 0.5}},
+                             "seed": [13]}))
+    assert grid.parse([], f) == {"variant": ["short", "long"], "seed": [13]}
+    assert grid.read_variants(f) == {"short": {"budget": 8}, "long": {"budget": 16, "sigma": 0.5}}
+    out = tmp_path / "sw"
+    argv = ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid-file", str(f), "--eval-every", "8",
+            "--test-rows", "16", "--num-buckets", "1", "--eval-buckets", "1", "--out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    res = {v: json.loads((out / f"variant={v},seed=13" / "results.json").read_text()) for v in ("short", "long")}
+    assert res["short"]["calls"] == 8 and res["long"]["calls"] == 16
+    assert res["long"]["config"]["search"]["sigma"] == 0.5 and res["short"]["config"]["search"]["sigma"] == 1.0
+    assert res["short"]["label"] == "short" and "| short |" in printed and "| long |" in printed
+    assert json.loads((out / "sweep.json").read_text())["variants"]["long"] == {"budget": 16, "sigma": 0.5}
+    for bad, match in [({"variants": {"a": {"seed": 1}}, "seed": [13]}, "both in variant"),
+                       ({"variants": {"a": {"nope": 1}}}, "unknown setting"),
+                       ({"variants": {"a": {}}, "variant": ["b"]}, "not defined"),
+                       ({"variants": {"a b": {}}}, "variant name")]:
+        f.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=match):
+            grid.parse([], f)
