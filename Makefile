@@ -15,7 +15,7 @@ demo: setup
 	$(PY) -m bbt_jax train --preset demo --zero-shot
 
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=25 tests
 
 bench: setup
 	$(PY) -m tools.bench
