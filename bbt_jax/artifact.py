@@ -33,6 +33,7 @@ from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import Harness
 from bbt_jax.io import read_json, write_bytes_atomic
+from bbt_jax.verbalizer import word_texts
 
 FORMAT = "bbt-jax-prompt/1"
 TENSORS_FILE = "prompt.safetensors"
@@ -98,8 +99,7 @@ def save_prompt(out_dir: str | Path, h: Harness, z, metrics: dict) -> dict[str, 
         "format": FORMAT, "task": h.task.name, "labels": list(h.task.labels),
         "model": h.model.source, "family": h.model.family.name,
         "template": h.layout.template, "placement": h.layout.placement,
-        "verbalizer": {"words": [tok.decode([int(i)]) for i in h.verbalizer_C],
-                       "ids": [int(i) for i in h.verbalizer_C]},
+        "verbalizer": {"words": word_texts(tok, h.verbalizer_C), "ids": np.asarray(h.verbalizer_C).tolist()},
         "method": h.method, "layers": int(tensors["layers"].shape[0]) if "layers" in tensors else None,
         "n_prompt_tokens": int(prompt_NxD.shape[0]), "hidden": int(prompt_NxD.shape[1]),
         "intrinsic_dim": None if h.gradient else cfg.prompt.intrinsic_dim, "projection": projection,

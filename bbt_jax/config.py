@@ -74,6 +74,9 @@ class PromptConfig:
                        "prompt) or drop them as bbt.py's loaders do (whole string with <s> </s> and, in add "
                        "placement, the decoded prompt; kept iff <= max length)")
     verbalizer_space: bool = _f(False, "masked LMs: use ' word' (one token each) instead of bbt.py's 'word'")
+    words_per_class: int = _f(1, "label words per class: 1 = the task's word; W > 1 = BBT-RGB's M2, the class score "
+                              "is the mean logit of W words: the task's own and the W - 1 most class-specific "
+                              "words at the starting prompt on the TRAINING rows (bbt_jax/verbalizer.py)")
     template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
                        "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
                        "(and {text_pair}), before the prompt and cue. Empty: the task's")
@@ -98,6 +101,8 @@ class PromptConfig:
             raise UserError(f"--decoder-splice {self.decoder_splice}: choose from replace, add")
         if self.num_buckets < 1:
             raise UserError(f"--num-buckets {self.num_buckets}: must be >= 1")
+        if self.words_per_class < 1:
+            raise UserError(f"--words-per-class {self.words_per_class}: must be >= 1")
         if self.prompt_init not in PROMPT_INITS:
             raise UserError(f"--prompt-init {self.prompt_init}: choose from {', '.join(PROMPT_INITS)}")
 

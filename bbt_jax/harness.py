@@ -26,6 +26,7 @@ from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness, split_metrics
+from bbt_jax.verbalizer import choose_words
 from bbt_jax.gradient import GradientSearch
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
@@ -280,5 +281,9 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
         encoded[k], overflow[k] = enc.rows, {"dropped": enc.dropped, "truncated": enc.truncated}
     params = family.head_params(model.params, cfg.model.zero_lm_head_bias)
     frozen = make_frozen(params, verbalizer_C, cfg.model.dtype)
-    return Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded,
-                   overflow)
+    h = Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded, overflow)
+    if cfg.prompt.words_per_class > 1:  # M2: the words chosen on the training rows at the starting prompt
+        ids_CxW = choose_words(h, cfg.prompt.words_per_class)
+        h = Harness(cfg, task, model, h.backbone, ids_CxW, make_frozen(params, ids_CxW, cfg.model.dtype), encoded,
+                    overflow)
+    return h

@@ -24,6 +24,7 @@ from bbt_jax import checkpoint as checkpoint_lib
 from bbt_jax.cma import pycma_stops
 from bbt_jax.config import Config, to_dict
 from bbt_jax.harness import Harness, build
+from bbt_jax.verbalizer import word_texts
 
 
 def format_progress(record: dict, budget: int, metric: str, rate: float) -> str:
@@ -147,8 +148,7 @@ def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, o
     results: dict = {"config": to_dict(cfg), "effective": h.effective(), "task": h.task.name, "model": h.model.source,
                      "random_weights": h.model.random_weights, "template": h.layout.template,
                      "n_prompt_tokens": h.layout.n_prompt,
-                     "verbalizer": {"ids": h.verbalizer_C.tolist(),
-                                    "words": [tok.decode([int(i)]) for i in h.verbalizer_C]},
+                     "verbalizer": {"ids": np.asarray(h.verbalizer_C).tolist(), "words": word_texts(tok, h.verbalizer_C)},
                      "rows": {k: {"used": h.rows(k), **v} for k, v in h.overflow.items()}}
     if h.model.random_weights:
         results["warning"] = "random weights: accuracies mean nothing"

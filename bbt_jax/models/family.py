@@ -105,11 +105,14 @@ class Backbone:
         return self.family.prepare(self.config, frozen["params"], tuple(buckets), self.layout)
 
     def score(self, frozen, inputs, prompt) -> jax.Array:
-        """Verbalizer logits (B x C, float32) of ONE candidate prompt over every prepared bucket."""
+        """Verbalizer logits (B x C, float32) of ONE candidate prompt over every prepared bucket; with
+        several words per class (verbalizer C x W) a class's logit is the mean of its words' (verbalizer.py)."""
         dtype = self.family.word_embeddings(frozen["params"]).dtype
         prompt = jax.tree.map(lambda p: p.astype(dtype), prompt)
-        logits = self.family.score(self.config, frozen["params"], inputs, frozen["verbalizer"], prompt, self.layout)
-        return logits.astype(jnp.float32)
+        ids = frozen["verbalizer"]
+        logits = self.family.score(self.config, frozen["params"], inputs, ids.reshape(-1), prompt, self.layout)
+        logits = logits.astype(jnp.float32)
+        return logits if ids.ndim == 1 else jnp.mean(logits.reshape(logits.shape[0], *ids.shape), axis=-1)
 
     def word_embeddings(self, params) -> jax.Array:
         return self.family.word_embeddings(params)
