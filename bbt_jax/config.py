@@ -14,7 +14,7 @@ from bbt_jax.errors import UserError
 
 DTYPES = ("float32", "bfloat16")
 OVERFLOWS = ("truncate", "drop")
-DEV_CANDIDATES = ("window-best", "at-eval")
+DEV_CANDIDATES = ("window-best", "at-eval", "mean")
 BOUND_HANDLINGS = ("transform", "clip")
 # What is tuned and how: BBT (z of one input prompt, ES), BBTv2 (a z per layer, ES), and the gradient baselines
 # (the prompt itself, optax): prompt tuning (input) and deep prompt tuning (a prompt at every layer).
@@ -136,8 +136,9 @@ class SearchConfig:
     rank_ties: str = _f("ordinal", "ranking tied losses: ordinal (ties broken by index, as pycma) or evosax "
                         "(averaged rank truncated to int: with many ties the weights sum to < 1)")
     dev_candidate: str = _f("window-best", "candidate scored on dev every --eval-every calls: window-best (the "
-                            "lowest-train-loss candidate of the interval) or at-eval (bbt.py serial: the candidate "
-                            "evaluated at the call where calls % eval_every == 0)")
+                            "lowest-train-loss candidate of the interval), at-eval (bbt.py serial: the candidate "
+                            "evaluated at the call where calls % eval_every == 0) or mean (the strategy's mean "
+                            "after the interval: the search distribution's centre rather than a sample)")
     loss: str = _f("ce", "fitness: ce, hinge (margin 2) or perf (negative metric)")
     eval_every: int = _f(100, "calls between dev evaluations (rounded to whole generations)")
     dev_init: bool = _f(False, "score z = 0 (the initial prompt) on dev first, so the selected prompt is "

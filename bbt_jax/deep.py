@@ -131,6 +131,11 @@ class LayerwiseState:
         """The layers' step sizes (search.py's curve reports their mean)."""
         return getattr(self.states, "std", None)
 
+    @property
+    def mean(self):
+        """Y x K: every layer's mean (search.py's `--dev-candidate mean`)."""
+        return self.states.mean
+
 
 def _take(tree, i):
     return jax.tree.map(lambda x: x[i], tree)

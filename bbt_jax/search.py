@@ -34,6 +34,7 @@ from flax import struct
 
 from bbt_jax.cma import bound_transform, generation_stats
 from bbt_jax.config import SearchConfig
+from bbt_jax.errors import UserError
 from bbt_jax.problem import PromptProblem
 from bbt_jax.strategy import Strategy
 
@@ -89,6 +90,11 @@ class Search:
         self.total_generations = config.generations if generations is None else int(generations)
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
+        if config.dev_candidate == "mean":
+            with _evosax_promotion():
+                shape = jax.eval_shape(self.es.init, jax.random.PRNGKey(0), self.solution, self.es_params())
+            if getattr(shape, "mean", None) is None:
+                raise UserError(f"--dev-candidate mean: strategy {strategy.name} keeps no mean; use window-best")
         self.interval = jax.jit(self._interval)
         self.dev_init = jax.jit(self._dev_init)
 
@@ -188,6 +194,9 @@ class Search:
         state, gen_metrics_G = jax.lax.scan(body, state, None, length=self.generations_per_eval)
         if self.config.dev_candidate == "at-eval":  # bbt.py serial: the member evaluated at that call
             z_K, valid = state.last_z, jnp.isfinite(state.last_loss)
+        elif self.config.dev_candidate == "mean":  # the distribution's centre, bounded as a member would be
+            z_K = self._bounded(state.es_state.mean[None])[0][0].astype(jnp.float32)
+            valid = jnp.isfinite(state.best_train_loss)
         else:  # the interval's lowest training loss
             z_K, valid = state.window_z, jnp.isfinite(state.window_loss)
         state, dev_metrics = self._dev_update(dev, state, z_K, valid=valid)

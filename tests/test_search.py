@@ -155,10 +155,11 @@ def test_bounds_evaluate_the_phenotype_and_tell_as_pycma(handling):
     assert float(jnp.abs(state.es_state.mean).max()) > 0.3 or handling == "clip"  # the genotype is free
 
 
-@pytest.mark.parametrize("candidate", ["at-eval", "window-best"])
+@pytest.mark.parametrize("candidate", ["at-eval", "window-best", "mean"])
 def test_dev_candidate(candidate):
     """at-eval (bbt.py serial): the member evaluated at the call where calls % eval_every == 0, i.e. the
-    last member of the interval's last generation; window-best: the interval's lowest training loss."""
+    last member of the interval's last generation; window-best: the interval's lowest training loss;
+    mean: the strategy's mean after the interval's last tell."""
     problem = as_problem(*toy_problem())
     s = make_search(budget=8 * 2, eval_every=16, dev_candidate=candidate)
     state0 = s.init(jax.random.PRNGKey(6))
@@ -175,6 +176,8 @@ def test_dev_candidate(candidate):
             members.append((np.asarray(z), np.asarray(loss)))
     if candidate == "at-eval":
         expected = members[-1][0][-1]
+    elif candidate == "mean":
+        expected = np.asarray(es.mean)
     else:
         z_all = np.concatenate([m[0] for m in members]); l_all = np.concatenate([m[1] for m in members])
         expected = z_all[np.argmin(l_all)]
