@@ -75,7 +75,8 @@ class Search:
     `strategy`: a registered evosax strategy (strategy.make_strategy); `config`: the schedule
     (popsize, budget, eval_every), the bound and its handling, the dev candidate and tie-break
     (the loss and the population chunk belong to the fitness); `mesh`: shard the
-    population axis over the mesh's first axis (multi-device); None: one device; `generations`: the
+    population axis over the mesh's first axis (several devices, or every process's devices:
+    distributed.mesh()), outputs replicated; None: one device; `generations`: the
     number of generations where the method counts them otherwise (BBTv2's rounds; default budget // popsize).
     """
 
@@ -89,8 +90,11 @@ class Search:
         self.total_generations = config.generations if generations is None else int(generations)
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
-        self.interval = jax.jit(self._interval)
-        self.dev_init = jax.jit(self._dev_init)
+        # With a mesh (several devices, or every process's: distributed.py) the outputs are replicated, so
+        # that every process can pull them (`jax.device_get`) and feed them back.
+        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+        self.interval = jax.jit(self._interval, **out)
+        self.dev_init = jax.jit(self._dev_init, **out)
 
     # -- state -------------------------------------------------------------
     def es_params(self, sigma: float | None = None):
