@@ -17,6 +17,14 @@ one-line warning and the previous step is used. Restoring goes through
 `StandardRestore(abstract)` with the abstract state from `Search.init` under
 `jax.eval_shape`, so every State class comes back typed (house style 9).
 
+Several processes (distributed.py): orbax's CheckpointManager is a collective, so every
+process holds a Checkpointer on the same folder (a filesystem they share) and calls
+`restore` and `save` together, with the same (replicated) state. The state is saved as host
+arrays, which orbax writes from process 0 alone; process 0 also writes the digests and
+removes damaged or unfinished steps. (orbax 0.12 cannot write a checkpoint from one
+process other than 0: it refuses process-local jax.Arrays and writes numpy leaves only
+on process 0.)
+
 Shape letters: K intrinsic dim.
 """
 
@@ -137,11 +145,12 @@ class Checkpointer:
     def __init__(self, directory: str | Path, *, warn: Callable[[str], None] = print):
         self.directory = Path(directory)
         self.warn = warn
+        self.primary = jax.process_index() == 0  # several processes: the one that writes (module docstring)
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"{self.directory}: is a file, expected a checkpoint folder")
         # Saves that were cut short (killed) leave orbax temporary folders: delete them here,
         # synchronously (orbax's own cleanup runs in a thread that may outlive a failing run).
-        if self.directory.is_dir():
+        if self.directory.is_dir() and self.primary:
             for p in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(p, ignore_errors=True)
         options = ocp.CheckpointManagerOptions(
@@ -176,8 +185,9 @@ class Checkpointer:
     def _drop(self, step: int, why: str, used: int) -> None:
         self.warn(f"warning: checkpoint {self.directory / str(step)} is damaged ({why}); removed it and "
                   f"resumed from generation {used}")
-        shutil.rmtree(self.directory / str(step), ignore_errors=True)
-        (self.directory / _DIGESTS / f"{step}.json").unlink(missing_ok=True)
+        if self.primary:
+            shutil.rmtree(self.directory / str(step), ignore_errors=True)
+            (self.directory / _DIGESTS / f"{step}.json").unlink(missing_ok=True)
         self.manager.reload()
         self.last_saved = self.manager.latest_step()
 
@@ -240,10 +250,15 @@ class Checkpointer:
             return
         meta = {"generation": generation, "calls": history[-1]["calls"] if history else 0, "history": history,
                 "config": config_lib.to_dict(cfg)}
+        if jax.process_count() > 1:  # host arrays: orbax writes them from process 0 alone (module docstring)
+            state = jax.device_get(state)
         with _QuietOrbax():
             self.manager.save(generation, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                                   meta=ocp.args.JsonSave(meta)), force=True)
             self.manager.wait_until_finished()
+        self.last_saved = generation
+        if not self.primary:
+            return
         digests = self.directory / _DIGESTS
         digests.mkdir(exist_ok=True)
         write_bytes_atomic(digests / f"{generation}.json",
@@ -252,7 +267,6 @@ class Checkpointer:
         for f in digests.glob("*.json"):
             if f.stem not in kept:
                 f.unlink(missing_ok=True)
-        self.last_saved = generation
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -41,6 +41,35 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) ->
                                metavar=type(default).__name__.upper(), help=help_)
 
 
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    """Several processes on JAX's multi-controller runtime (distributed.py); not part of the config: they
+    change where the work runs, not its results."""
+    g = p.add_argument_group("multi-process / multi-host (README): one such process per host or device group")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0, where the processes meet (env BBT_COORDINATOR)")
+    g.add_argument("--num-processes", metavar="N", help="how many processes run this command (env BBT_NUM_PROCESSES)")
+    g.add_argument("--process-id", metavar="I", help="this process, 0 .. N-1; 0 writes (env BBT_PROCESS_ID)")
+    g.add_argument("--distributed", action="store_true",
+                   help="join the processes that the cluster started (JAX's own detection: SLURM, Open MPI, "
+                   "Cloud TPU, ...) instead of the three flags above")
+
+
+def _join(argv: list[str] | None) -> None:
+    """`train` and `sweep`: join the other processes (distributed.py) before anything starts JAX (building
+    the parser already does: the presets import evosax); one process: nothing happens."""
+    from bbt_jax import distributed
+
+    argv = sys.argv[1:] if argv is None else argv
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("command", nargs="?")
+    _add_process_flags(pre)
+    known, _ = pre.parse_known_args(argv)
+    if known.command not in ("train", "sweep") or {"-h", "--help", "--print-config"} & set(argv):
+        return
+    distributed.initialize(distributed.parse(known.coordinator, known.num_processes, known.process_id,
+                                             auto=known.distributed, environ=os.environ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bbt-jax", description="Black-Box Tuning of soft prompts in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -55,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plot", action="store_true",
                    help="also save --out/curve.png (training loss and dev metric vs calls)")
     _add_config_flags(t)
+    _add_process_flags(t)
     e = sub.add_parser("eval", help="score a saved prompt (--out/prompt.json of a train run) on a test split",
                        description="Rebuild the experiment from the prompt's saved config, with any flag below "
                        "overriding it (e.g. --task, --model, --test-rows), and score the saved prompt embeddings.")
@@ -77,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run cells that differ only in seeds one by one (default: as one vmapped search per group, "
                    "ES methods)")
     _add_config_flags(s, skip=("out",))
+    _add_process_flags(s)
     r = sub.add_parser("report", help="tables (csv, markdown) and plots over results.json files",
                        description="One row per (task, method, seed) of every results.json found (files, or folders "
                        "searched recursively); writes results.csv, results.md, test_by_task.png and curves.png and "
@@ -169,16 +200,21 @@ def check_out_dir(out: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bbt_jax import distributed
     from bbt_jax.train import train
 
     cfg = resolve_config(args)
     if args.print_config:
         print(json.dumps(config_lib.to_dict(cfg), indent=1))
         return 0
-    out = check_out_dir(cfg.run.out)
-    print("config: " + json.dumps(config_lib.to_dict(cfg)), flush=True)
+    main = distributed.is_main()  # several processes: all run it, process 0 writes and prints
+    out = check_out_dir(cfg.run.out) if main else Path(cfg.run.out)
+    if main:
+        print("config: " + json.dumps(config_lib.to_dict(cfg)), flush=True)
     results = train(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
                     log=lambda s: print(s, flush=True), zero_shot=args.zero_shot, out=out)
+    if not main:
+        return 0
     results["environment"] = environment(os.environ)
     write_json_atomic(out / "results.json", results)
     print(f"wrote {out / 'results.json'}")
@@ -191,6 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from bbt_jax import distributed
     from bbt_jax import grid as grid_lib
 
     grid = grid_lib.parse(args.grid, args.grid_file)
@@ -199,15 +236,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if both:
         raise UserError(f"--grid {both[0]}=...: also given as --{both[0].replace('_', '-')}; give it once")
     cfg = resolve_config(args)
-    out = check_out_dir(args.sweep_out)
-    print("base config (before the grid): " + json.dumps(config_lib.to_dict(cfg)), flush=True)
-    print(f"grid: {json.dumps(grid)} ({len(grid_lib.cells(grid))} cells)", flush=True)
+    main = distributed.is_main()  # several processes: each prints its own cells, process 0 the rest
+    out = check_out_dir(args.sweep_out) if main else Path(args.sweep_out)
+    prefix = "" if main else f"[process {distributed.process_index()}] "
+    if main:
+        print("base config (before the grid): " + json.dumps(config_lib.to_dict(cfg)), flush=True)
+        print(f"grid: {json.dumps(grid)} ({len(grid_lib.cells(grid))} cells)", flush=True)
     variants = grid_lib.read_variants(args.grid_file)
     spec = {"preset": args.preset, "grid": grid, "overrides": overrides, **({"variants": variants} if variants else {})}
     grid_lib.run(cfg, grid, out, spec=spec, environment=environment(os.environ), variants=variants,
                  default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"),
-                 log=lambda s: print(s, flush=True), vmap_seeds=args.vmap_seeds)
-    return _report([out], out)
+                 log=lambda s: print(prefix + s, flush=True), vmap_seeds=args.vmap_seeds)
+    return _report([out], out) if main else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -394,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_cpu_defaults()  # before JAX starts its backend; the user's XLA_FLAGS win
     warnings.showwarning = _one_line_warnings
+    try:
+        _join(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report,

@@ -16,6 +16,11 @@ Cells that differ only in their seeds (few-shot split, projection, ES noise) run
 search (sweep.train_group: one compiled call per interval for all of them, each cell still with its
 own folder, checkpoints, artifact and results.json); gradient methods and `--no-vmap-seeds` run cell
 by cell. A vmapped cell equals its solo run up to float rounding (tests/test_grid.py).
+
+Under several processes (distributed.py) every process runs `run` with the same arguments: a seed
+group's cells are sharded over every process's devices and each process writes the cells it computed
+(sweep.train_group); a cell run alone shards its population over them and process 0 writes it.
+Process 0 writes sweep.json, and returns once every process is done (then the report).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bbt_jax import config as config_lib
+from bbt_jax import distributed
 from bbt_jax.errors import UserError
 from bbt_jax.io import read_json, write_json_atomic
 
@@ -215,7 +221,8 @@ def check_spec(out: Path, spec: dict) -> None:
         if diffs:
             raise UserError(f"--out {out}: holds another sweep ({'; '.join(diffs)}); use a new --out")
         return
-    write_json_atomic(path, spec)
+    if distributed.is_main():
+        write_json_atomic(path, spec)
 
 
 SEED_FIELDS = ("seed", "split_seed", "projection_seed", "es_seed")
@@ -286,7 +293,8 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
                 log(f"[{i + 1}/{n}] {cell_name(todo[i])}: done ({_done(Path(configs[i].run.out) / 'results.json')})")
             else:
                 pending.append(i)
-                Path(configs[i].run.out).mkdir(parents=True, exist_ok=True)
+                if distributed.is_main():
+                    Path(configs[i].run.out).mkdir(parents=True, exist_ok=True)
         if len(pending) > 1:
             t0 = time.perf_counter()
             results = sweep.train_group([configs[i] for i in pending], model=model_for(configs[pending[0]]),
@@ -296,14 +304,17 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
             if results is not None:
                 seconds = (time.perf_counter() - t0) / len(pending)
                 for i, res in zip(pending, results, strict=True):
-                    write(i, res, seconds)
+                    if res is not None:  # None: another process's cell
+                        write(i, res, seconds)
                 continue
         for i in pending:  # one by one
             cfg, name = configs[i], cell_name(todo[i])
             t0 = time.perf_counter()
             results = train(cfg, default_tokenizer=default_tokenizer, log=lambda s, name=name: log(f"  [{name}] {s}"),
                             zero_shot=True, out=Path(cfg.run.out), model=model_for(cfg))
-            write(i, results, time.perf_counter() - t0)
+            if distributed.is_main():
+                write(i, results, time.perf_counter() - t0)
+    distributed.barrier("bbt_jax sweep done")  # every cell written before anyone reports
     return [Path(c.run.out) for c in configs]
 
 

@@ -158,8 +158,9 @@ class Harness:
                 lengths: tuple[int, ...] | None = None) -> PromptProblem:
         return PromptProblem(self.fitness(split, lengths), self.projection if projection is None else projection)
 
-    def search(self):
-        """The method's search: search.Search (bbt, bbtv2) or gradient.GradientSearch (gradient methods)."""
+    def search(self, mesh: jax.sharding.Mesh | None = None):
+        """The method's search: search.Search (bbt, bbtv2) or gradient.GradientSearch (gradient methods);
+        `mesh`: shard the population over it (ES methods; distributed.mesh() in a multi-process run)."""
         s = self.cfg.search
         if self.gradient:
             return GradientSearch(self.x0, config=s, gradient=self.cfg.gradient)
@@ -170,7 +171,7 @@ class Harness:
         generations = None
         if layers and s.layer_schedule == "sequential":
             generations = sequential_generations(s.budget, s.popsize, layers)
-        return Search(strategy, config=s, generations=generations)
+        return Search(strategy, config=s, generations=generations, mesh=mesh)
 
     def rows(self, split: str) -> int:
         return len(self.encoded[split])

@@ -57,5 +57,6 @@ def environment(environ) -> dict:
 
     dev = jax.devices()[0]
     return {"versions": versions(), "xla_flags": environ.get("XLA_FLAGS", ""), "backend": dev.platform,
-            "device_kind": dev.device_kind, "device_count": jax.device_count(), "cpu_model": cpu_model(),
+            "device_kind": dev.device_kind, "device_count": jax.device_count(),
+            "process_count": jax.process_count(), "cpu_model": cpu_model(),
             "cpu_count": os.cpu_count(), "git_commit": git_commit()}

@@ -76,7 +76,8 @@ class Search:
     `strategy`: a registered evosax strategy (strategy.make_strategy); `config`: the schedule
     (popsize, budget, eval_every), the bound and its handling, the dev candidate and tie-break
     (the loss and the population chunk belong to the fitness); `mesh`: shard the
-    population axis over the mesh's first axis (multi-device); None: one device; `generations`: the
+    population axis over the mesh's first axis (several devices, or every process's devices:
+    distributed.mesh()), outputs replicated; None: one device; `generations`: the
     number of generations where the method counts them otherwise (BBTv2's rounds; default budget // popsize).
     """
 
@@ -95,8 +96,11 @@ class Search:
                 shape = jax.eval_shape(self.es.init, jax.random.PRNGKey(0), self.solution, self.es_params())
             if getattr(shape, "mean", None) is None:
                 raise UserError(f"--dev-candidate mean: strategy {strategy.name} keeps no mean; use window-best")
-        self.interval = jax.jit(self._interval)
-        self.dev_init = jax.jit(self._dev_init)
+        # With a mesh (several devices, or every process's: distributed.py) the outputs are replicated, so
+        # that every process can pull them (`jax.device_get`) and feed them back.
+        out = {} if mesh is None else {"out_shardings": jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())}
+        self.interval = jax.jit(self._interval, **out)
+        self.dev_init = jax.jit(self._dev_init, **out)
 
     # -- state -------------------------------------------------------------
     def es_params(self, sigma: float | None = None):

@@ -6,7 +6,9 @@ params. Shapes (d, N, popsize) and the loss are static and shared. The frozen mo
 shared, unbatched argument, so the sweep costs one copy of the model. `Sweep` shares the
 rows too; `train_group` runs whole training runs that differ only in seeds, each on its own
 few-shot split (the rows carry the sweep axis, padded to one shape), with their own
-folders, checkpoints and results. With a mesh, the sweep axis is spread over devices.
+folders, checkpoints and results. With a mesh, the sweep axis is spread over devices; under several
+processes (distributed.py) `train_group` spreads its cells over every process's devices and the
+process that computes a cell writes that cell's files.
 
 Shape letters (bbt_jax/types.py): S sweep cells, K intrinsic dim, G generations.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
+from bbt_jax import distributed
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.problem import PromptProblem
 from bbt_jax.search import Search, SearchState, absorb_interval
@@ -81,7 +84,7 @@ def problem_axes(problem: PromptProblem, per_cell_rows: bool) -> PromptProblem:
 
 
 def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = print,
-                zero_shot: bool = False) -> list[dict] | None:
+                zero_shot: bool = False) -> list[dict | None] | None:
     """Runs whose configs differ only in seeds (few-shot split, projection A, ES noise) as ONE vmapped
     search: one compiled call per interval for all of them; returns each run's results dict as
     train.train gives it (time.search_s: its share of the group's search; "vmapped": the group).
@@ -90,6 +93,12 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
     artifact; the runs resume together when their checkpoints stand at the same generation. Returns None
     (the caller runs them one by one) for gradient methods or splits of different row counts.
+
+    Under several processes (distributed.py) every process calls it with the same configs: the cells
+    are sharded in contiguous blocks over every process's devices (`distributed.block_owners`), the
+    process that computes a cell logs it, writes its config, prompt and results (the caller writes
+    results.json from the returned dict) and gets its dict; the other processes get None in its
+    place. Checkpoints are saved by all processes together (checkpoint.py).
     """
     from bbt_jax import checkpoint as checkpoint_lib
     from bbt_jax import train as train_lib
@@ -105,39 +114,66 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
         if any(s != shapes[0] for s in shapes):
             return None
         lengths[split] = tuple(max(ls) for ls in zip(*(tasks_lib.bucket_lengths(h.buckets(split)) for h in hs)))
+    mesh = distributed.mesh()
+    owners = distributed.block_owners(len(cfgs), mesh)
     runs = []
     try:
-        for c, h, name in zip(cfgs, hs, names, strict=True):
-            ckpt = checkpoint_lib.Checkpointer(Path(c.run.out) / checkpoint_lib.CHECKPOINT_DIR,
-                                               warn=lambda s, name=name: log(f"[{name}] {s}"))
-            runs.append(train_lib.begin(c, ckpt, log=lambda s, name=name: log(f"[{name}] {s}"), out=c.run.out,
-                                        h=h, lengths=lengths, dev_init=False))
-        return _run_group(runs, log=log, zero_shot=zero_shot)
+        for c, h, name, owner in zip(cfgs, hs, names, owners, strict=True):
+            mine = owner == distributed.process_index()
+            clog = (lambda s, name=name: log(f"[{name}] {s}")) if mine else (lambda s: None)
+            ckpt = checkpoint_lib.Checkpointer(Path(c.run.out) / checkpoint_lib.CHECKPOINT_DIR, warn=clog)
+            runs.append(train_lib.begin(c, ckpt, log=clog, out=c.run.out, h=h, lengths=lengths, dev_init=False,
+                                        writer=mine))
+        return _run_group(runs, log=log, zero_shot=zero_shot, mesh=mesh)
     finally:
         for r in runs:
             r.ckpt.close()
 
 
-def _run_group(runs: list, *, log: Callable, zero_shot: bool) -> list[dict]:
+def _cells_interval(search: Search, axes: tuple, mesh: jax.sharding.Mesh | None):
+    """The jitted interval of S cells; with a mesh the cell axis is sharded over it (every process's
+    devices) and the outputs are replicated, so that every process pulls every cell's metrics."""
+    vmapped = jax.vmap(search._interval, in_axes=(*axes, 0, 0))
+    if mesh is None:
+        return jax.jit(vmapped)
+    cells = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+
+    def sharded(train_S, dev_S, es_params_S, states_S):
+        es_params_S, states_S = jax.lax.with_sharding_constraint((es_params_S, states_S), cells)
+        return vmapped(train_S, dev_S, es_params_S, states_S)
+
+    return jax.jit(sharded, out_shardings=distributed.replicated(mesh))
+
+
+def _save_all(runs: list) -> None:
+    """Every run's final checkpoint, on every process together (orbax saves are collective)."""
+    for r in runs:
+        if r.ckpt is not None:
+            r.ckpt.save(r.state, r.history, r.cfg)
+
+
+def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list[dict | None]:
     from bbt_jax import train as train_lib
 
     search, S = runs[0].search, len(runs)
     done = {len(r.history) for r in runs}
     if len(done) > 1:  # killed between two cells' checkpoints: each continues alone from its own
-        log(f"the runs' checkpoints stand at generations {sorted(done)}: running them one by one")
+        if distributed.is_main():
+            log(f"the runs' checkpoints stand at generations {sorted(done)}: running them one by one")
         results = []
         for r in runs:
             r.start_clock()
             r.state, r.history = r.search.run(r.train_problem, r.dev_problem, r.state, history=r.history,
                                               on_interval=r.on_interval)
-            results.append(train_lib.finish(r, zero_shot=zero_shot))
+            _save_all([r])
+            results.append(train_lib.finish(r, zero_shot=zero_shot) if r.writer else None)
         return results
     train_S = PromptProblem(runs[0].train_problem.fitness.replace(
         data=stack([r.train_problem.fitness.data for r in runs])), stack([r.train_problem.projection for r in runs]))
     dev_S = PromptProblem(runs[0].dev_problem.fitness.replace(
         data=stack([r.dev_problem.fitness.data for r in runs])), stack([r.dev_problem.projection for r in runs]))
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
-    interval = jax.jit(jax.vmap(search._interval, in_axes=(*axes, 0, 0)))
+    interval = _cells_interval(search, axes, mesh)
     states_S, es_params_S = stack([r.state for r in runs]), stack([search.es_params() for _ in runs])
     if not runs[0].history and runs[0].cfg.search.dev_init:  # fresh: z = 0 scored on dev, as train() does
         states_S, z0_S = jax.jit(jax.vmap(search._dev_init, in_axes=(axes[1], 0)))(dev_S, states_S)
@@ -154,9 +190,14 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool) -> list[dict]:
             record = absorb_interval(search, r.history, _cell(out, s))
             r.on_interval(_cell(states_S, s), r.history, record)
     group_s = time.perf_counter() - t0
-    results = []
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
+    _save_all(runs)
+    results = []
+    for r in runs:
+        if not r.writer:  # another process's cell
+            results.append(None)
+            continue
         res = train_lib.finish(r, zero_shot=zero_shot, search_s=group_s / S)
         res["vmapped"] = {"runs": S, "search_s": group_s, "seeds": [x.cfg.run.seed for x in runs]}
         results.append(res)

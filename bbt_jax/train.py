@@ -21,6 +21,7 @@ import numpy as np
 
 from bbt_jax import artifact as artifact_lib
 from bbt_jax import checkpoint as checkpoint_lib
+from bbt_jax import distributed
 from bbt_jax.cma import pycma_stops
 from bbt_jax.config import Config, to_dict
 from bbt_jax.harness import Harness, build
@@ -66,19 +67,24 @@ def train(cfg: Config, *, default_tokenizer: str | Path | None = None, log: Call
     `model`: an already loaded model (harness.build), for several runs in one process.
     With `out`, the search state is checkpointed in out/checkpoints (see checkpoint.py)
     and resumed from there, the config goes to out/config.json and the tuned prompt to
-    out/prompt.safetensors + out/prompt.json (see artifact.py).
+    out/prompt.safetensors + out/prompt.json (see artifact.py). Under several processes
+    (distributed.py) every process runs it, the population sharded over all their devices;
+    process 0 logs and writes the files.
     """
+    writer = distributed.is_main()  # several processes (distributed.py): all search, process 0 writes
+    log = log if writer else (lambda s: None)
     ckpt = checkpoint_lib.Checkpointer(Path(out) / checkpoint_lib.CHECKPOINT_DIR, warn=log) if out else None
     try:
         return _train(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, zero_shot=zero_shot, out=out,
-                      model=model)
+                      model=model, writer=writer)
     finally:
         if ckpt is not None:
             ckpt.close()  # also on errors: orbax's threads must stop before the interpreter does
 
 
-def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model):
-    run = begin(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, out=out, model=model)
+def _train(cfg: Config, ckpt, *, default_tokenizer, log, zero_shot, out, model, writer):
+    run = begin(cfg, ckpt, default_tokenizer=default_tokenizer, log=log, out=out, model=model,
+                mesh=distributed.mesh(), writer=writer)
     run.state, run.history = run.search.run(run.train_problem, run.dev_problem, run.state, history=run.history,
                                             on_interval=run.on_interval)
     return finish(run, zero_shot=zero_shot)
@@ -103,6 +109,7 @@ class Run:
     log: Callable
     clock: dict  # perf_counter marks: start, built, search (its start), first (the first interval's s)
     marks: dict = dataclasses.field(default_factory=dict)
+    writer: bool = True  # this process writes the run's files (config, prompt); checkpoints: every process
 
     def on_interval(self, state, history, record) -> None:
         """After each interval (host values): the progress line and due checkpoints."""
@@ -123,16 +130,18 @@ class Run:
 
 
 def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, out=None, model=None,
-          h: Harness | None = None, lengths: dict | None = None, dev_init: bool = True) -> Run:
+          h: Harness | None = None, lengths: dict | None = None, dev_init: bool = True,
+          mesh=None, writer: bool = True) -> Run:
     """Build the harness (or take `h`, built from `cfg`), restore the search from `ckpt` or init it (and
     score z = 0 on dev), write out/config.json; the search itself is the caller's. `lengths`: {"train": ...,
-    "dev": ...} bucket lengths (one shape for several seeds); `dev_init` False: the caller scores z = 0."""
+    "dev": ...} bucket lengths (one shape for several seeds); `dev_init` False: the caller scores z = 0;
+    `mesh`: shard the population over it; `writer` False: another process writes this run's files."""
     t0 = time.perf_counter()
     if ckpt is not None:
         ckpt.restore(cfg)  # settings checked against the checkpoint before the model is loaded
     h = h or build(cfg, default_tokenizer=default_tokenizer, log=log, model=model)
     lengths = lengths or {}
-    search = h.search()
+    search = h.search(mesh=mesh)
     train_problem = h.problem("train", lengths=lengths.get("train"))
     dev_problem = h.problem("dev", lengths=lengths.get("dev"))
     t_built = time.perf_counter()
@@ -165,10 +174,11 @@ def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, o
     elif cfg.search.dev_init and dev_init:
         state, z0 = search.dev_init(dev_problem, state)
         record_dev_z0(results, jax.device_get(z0))
-    if out:
+    if out and writer:
+        Path(out).mkdir(parents=True, exist_ok=True)
         checkpoint_lib.save_config(Path(out), cfg)
     run = Run(cfg, h, search, train_problem, dev_problem, state, history, results, resumed, ckpt,
-              Path(out) if out else None, log, {"start": t0, "built": t_built})
+              Path(out) if out else None, log, {"start": t0, "built": t_built}, writer=writer)
     run.start_clock()
     return run
 
@@ -220,7 +230,7 @@ def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None) 
                  "setup_s": setup_s, "search_s": search_s,
                  "first_interval_s": run.clock.get("first"), "test_s": t_end - t_done},
     })
-    if run.out:
+    if run.out and run.writer:
         metrics = {"dev": results["dev"], "test": test, "calls": results["calls"]}
         paths = artifact_lib.save_prompt(run.out, h, best["z"], metrics)
         results["prompt"] = {k: p.name for k, p in paths.items()}
