@@ -32,7 +32,7 @@ import numpy as np
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import Harness
-from bbt_jax.io import read_json, write_bytes_atomic
+from bbt_jax.io import read_json, read_verified, write_bytes_atomic
 from bbt_jax.verbalizer import word_texts
 
 FORMAT = "bbt-jax-prompt/1"
@@ -132,12 +132,7 @@ def load_prompt(path: str | Path) -> SavedPrompt:
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise UserError(f"--prompt {card_path}: not a bbt-jax prompt card (format {FORMAT!r})")
     tensors_path = card_path.parent / card["tensors"]["file"]
-    try:
-        blob = tensors_path.read_bytes()
-    except OSError as e:
-        raise UserError(f"--prompt {card_path}: cannot read {tensors_path} ({e.strerror})") from None
-    if hashlib.sha256(blob).hexdigest() != card["tensors"]["sha256"]:
-        raise UserError(f"--prompt {card_path}: {tensors_path} does not match its card (sha256 differs)")
+    blob = read_verified(tensors_path, card["tensors"]["sha256"], f"--prompt {card_path}", "its card")
     try:
         t = load(blob)
         p0_NxD, prompt_NxD = (np.asarray(t[k], np.float32) for k in ("p0", "prompt"))

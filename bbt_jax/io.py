@@ -47,6 +47,22 @@ def read_json(path: str | Path, where: str, what: str):
         raise UserError(f"{where}: malformed {what} ({e})") from None
 
 
+def read_verified(path: str | Path, sha256: str, where: str, against: str) -> bytes:
+    """A file's bytes, checked against the sha256 its card/index recorded; ONE UserError line otherwise:
+    `{where}: cannot read {path} (...)` or `{where}: {path} does not match {against} (sha256 differs)`."""
+    import hashlib
+
+    from bbt_jax.errors import UserError
+
+    try:
+        blob = Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"{where}: cannot read {path} ({e.strerror})") from None
+    if hashlib.sha256(blob).hexdigest() != sha256:
+        raise UserError(f"{where}: {path} does not match {against} (sha256 differs)")
+    return blob
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     """JSON (indent 1, numpy scalars as floats) written atomically."""
     write_bytes_atomic(path, (json.dumps(obj, indent=1, default=float) + "\n").encode())

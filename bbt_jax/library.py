@@ -50,7 +50,7 @@ import numpy as np
 
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import UserError
-from bbt_jax.io import read_json, write_bytes_atomic, write_json_atomic
+from bbt_jax.io import read_json, read_verified, write_bytes_atomic, write_json_atomic
 from bbt_jax.models import splice
 
 FORMAT = "bbt-jax-library/1"
@@ -158,13 +158,7 @@ def open_library(path: str | Path) -> Library:
     lib.index = index
     if index["arrays"] is None:
         return lib
-    arrays_path = path / index["arrays"]["file"]
-    try:
-        blob = arrays_path.read_bytes()
-    except OSError as e:
-        raise UserError(f"--library {path}: cannot read {arrays_path.name} ({e.strerror})") from None
-    if hashlib.sha256(blob).hexdigest() != index["arrays"]["sha256"]:
-        raise UserError(f"--library {path}: {arrays_path.name} does not match {INDEX_FILE} (sha256 differs)")
+    blob = read_verified(path / index["arrays"]["file"], index["arrays"]["sha256"], f"--library {path}", INDEX_FILE)
     lib.arrays = dict(load(blob))
     return lib
 
