@@ -157,7 +157,8 @@ def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, o
     results: dict = {"config": to_dict(cfg), "effective": h.effective(), "task": h.task.name, "model": h.model.source,
                      "random_weights": h.model.random_weights, "template": h.layout.template,
                      "n_prompt_tokens": h.layout.n_prompt,
-                     "verbalizer": {"ids": np.asarray(h.verbalizer_C).tolist(), "words": word_texts(tok, h.verbalizer_C)},
+                     "verbalizer": {"ids": np.asarray(h.verbalizer_C).tolist(),
+                                    "words": word_texts(tok, h.verbalizer_C)},
                      "rows": {k: {"used": h.rows(k), **v} for k, v in h.overflow.items()}}
     if h.model.random_weights:
         results["warning"] = "random weights: accuracies mean nothing"

@@ -86,5 +86,6 @@ def choose_words(h, words: int) -> np.ndarray:
 
 
 # the whole vocabulary's logits at the answer position of one batch (verbalizer = arange(V))
-_full_logits = jax.jit(lambda backbone, frozen, batch, prompt: backbone.score(frozen, backbone.prepare(frozen, (batch,)),
-                                                                              prompt), static_argnums=0)
+_full_logits = jax.jit(
+    lambda backbone, frozen, batch, prompt: backbone.score(frozen, backbone.prepare(frozen, (batch,)), prompt),
+    static_argnums=0)

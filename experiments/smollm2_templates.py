@@ -62,7 +62,6 @@ def main() -> int:
              "| task | template | input part | cue | words | dev | test | test majority share | s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:
-        t = TASKS[task]
         variants = [("task's own", "", "", "")] + VARIANTS.get(task, [])
         for name, template, cue, words in variants:
             t0 = time.perf_counter()
