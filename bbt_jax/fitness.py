@@ -101,9 +101,10 @@ _prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, bu
 PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently used dropped first)
 
 
-def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict | None) -> Fitness:
+def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict | None):
+    """(Fitness on one batch, the batch's cache key or None): prepared once per key while `cache` keeps it."""
     if cache is None:
-        return make_fitness(backbone, frozen, (batch,), metric=metric)
+        return make_fitness(backbone, frozen, (batch,), metric=metric), None
     key = (backbone, _digest(frozen["verbalizer"], *jax.tree.leaves(batch)),
            str(jax.tree.leaves(frozen["params"])[0].dtype))
     if key not in cache:
@@ -112,7 +113,7 @@ def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict 
             cache.pop(next(iter(cache)))
     data = cache.pop(key)
     cache[key] = data  # most recently used last
-    return Fitness(frozen, data, backbone.score, metric=metric)
+    return Fitness(frozen, data, backbone.score, metric=metric), key
 
 
 def _digest(*arrays) -> str:
@@ -130,16 +131,52 @@ def population_logits(fitness: Fitness, prompts_P) -> jax.Array:
     return jax.vmap(fitness.logits)(prompts_P)
 
 
+SCORED_CACHE_ENTRIES = 8192  # (batch, prompt) logits a `scored` memo keeps
+
+
 def split_metrics(backbone, frozen, batches: Sequence[TokenBatch], prompts_P, metric: str, *,
-                  cache: dict | None = None) -> list[dict]:
+                  cache: dict | None = None, scored: dict | None = None) -> list[dict]:
     """Metrics of P prompts in one pass over fixed-shape batches: each batch is prepared once (the
     decoder's input cache) and shared by the P prompts; one host pull at the end.
 
     `cache`: prepared batches kept between calls (LoadedModel.prepared): every prompt later scored on
     the same rows with the same model and layout (other seeds, methods, runs of one process) costs
-    only its own part (the decoder's suffix), not the rows' input cache again."""
-    logits = [population_logits(_eval_fitness(backbone, frozen, b, metric, cache), prompts_P) for b in batches]
-    logits_PxBxC = np.concatenate(jax.device_get(logits), axis=1)
+    only its own part (the decoder's suffix), not the rows' input cache again.
+    `scored` (with `cache`): logits of (batch, prompt) pairs already computed (LoadedModel.scored), so
+    that a prompt scored again on the same rows (the same start prompt in every cell of a sweep) costs
+    nothing; equal prompts are found by their bytes."""
+    size = jax.tree.leaves(prompts_P)[0].shape[0]
+    digests = None
+    if cache is not None and scored is not None:
+        host_P = jax.device_get(prompts_P)
+        digests = [_digest(*(leaf[i] for leaf in jax.tree.leaves(host_P))) for i in range(size)]
+    pending, keys = [], []  # pending: (batch index, batch key, prompt indices computed, their logits on device)
+    for j, b in enumerate(batches):
+        fit, key = _eval_fitness(backbone, frozen, b, metric, cache)
+        keys.append(key)
+        todo = list(range(size))
+        if digests is not None:
+            todo = sorted({digests[i]: i for i in reversed(todo) if (key, digests[i]) not in scored}.values())
+        if todo:
+            chosen = prompts_P if len(todo) == size else jax.tree.map(lambda x, t=np.asarray(todo): x[t], prompts_P)
+            pending.append((j, key, todo, population_logits(fit, chosen)))
+    got = jax.device_get([p[3] for p in pending])
+    by_batch: dict[int, dict[int, np.ndarray]] = {}
+    for (j, key, todo, _), logits in zip(pending, got, strict=True):
+        by_batch[j] = dict(zip(todo, logits, strict=True))
+        if digests is not None:
+            for i, lg in by_batch[j].items():
+                scored[key, digests[i]] = lg
+            while len(scored) > SCORED_CACHE_ENTRIES:
+                scored.pop(next(iter(scored)))
+    columns = []
+    for j in range(len(batches)):
+        row = by_batch.get(j, {})
+        if digests is None:
+            columns.append(np.stack([row[i] for i in range(size)]))
+        else:
+            columns.append(np.stack([row[i] if i in row else scored[keys[j], digests[i]] for i in range(size)]))
+    logits_PxBxC = np.concatenate(columns, axis=1)
     labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
     weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])
     outs = []

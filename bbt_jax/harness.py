@@ -78,9 +78,12 @@ class Harness:
 
     def test_metrics(self, prompts_P) -> list[dict]:
         """Test metrics of P prompts (stacked on a leading axis) in one pass over the test batches; the
-        prepared batches are kept on the loaded model, so later runs on the same rows reuse them."""
+        prepared batches are kept on the loaded model, so later runs on the same rows reuse them, and so are
+        the logits of prompts already scored there (the same start prompt in every cell of a sweep)."""
+        m = self.cfg.model
         return split_metrics(self.backbone, self.frozen, self.test_batches, prompts_P, self.task.metric,
-                             cache=self.model.prepared)
+                             cache=self.model.prepared,
+                             scored=self.model.scored.setdefault((m.dtype, m.zero_lm_head_bias), {}))
 
     def fitness(self, split: str = "train", lengths: tuple[int, ...] | None = None) -> Fitness:
         """The fitness contract on a split (prepared once): the run's loss and metric; the population

@@ -122,9 +122,41 @@ def test_prepared_test_batches_are_shared_by_runs_on_one_model(data_dir):
     assert cached == split_metrics(b.backbone, b.frozen, b.test_batches, prompts_P, b.task.metric)
     batch = b.test_batches[1]
     np.testing.assert_array_equal(  # logits through the cached preparation == a fresh one
-        np.asarray(_eval_fitness(b.backbone, b.frozen, batch, "acc", b.model.prepared).logits(prompts_P[0])),
+        np.asarray(_eval_fitness(b.backbone, b.frozen, batch, "acc", b.model.prepared)[0].logits(prompts_P[0])),
         np.asarray(make_fitness(b.backbone, b.frozen, (batch,)).logits(prompts_P[0])))
     c = build(C.override(C.tiny(), data_dir=str(data_dir), test_rows=40, eval_batch=16, task="agnews"),
               model=a.model, default_tokenizer=ROBERTA_TOKENIZER, log=lambda s: None)
     c.test_metrics(jax.vmap(c.projection)(z_PxK))
     assert len(c.model.prepared) == entries + len(c.test_batches)
+
+
+def test_scored_prompts_are_not_scored_again(data_dir):
+    """A prompt already scored on the same rows (the start prompt of every cell of a sweep) is taken from
+    the model's `scored` memo: metrics equal an uncached pass, nothing new is computed for it, and equal
+    prompts within one call are computed once."""
+    from bbt_jax import fitness
+
+    a = harness(data_dir, test_rows=40, eval_batch=16)
+    z_PxK = 3.0 * jax.random.normal(jax.random.PRNGKey(4), (3, a.cfg.prompt.intrinsic_dim))
+    prompts_P = jax.vmap(a.projection)(z_PxK)
+    memo = a.model.scored.setdefault((a.cfg.model.dtype, a.cfg.model.zero_lm_head_bias), {})
+
+    def fresh(p):
+        return fitness.split_metrics(a.backbone, a.frozen, a.test_batches, p, a.task.metric)
+
+    first = jax.tree.map(lambda x: x[np.array([0, 1, 1])], prompts_P)  # prompt 1 twice
+    assert a.test_metrics(first) == fresh(first)
+    assert len(memo) == 2 * len(a.test_batches)  # prompts 0 and 1, once each
+    calls = []
+    real = fitness.population_logits
+    fitness.population_logits = lambda fit, p: calls.append(jax.tree.leaves(p)[0].shape[0]) or real(fit, p)
+    try:
+        second = jax.tree.map(lambda x: x[np.array([2, 1])], prompts_P)
+        got = a.test_metrics(second)
+        assert calls == [1] * len(a.test_batches)  # only prompt 2 computed
+        again = a.test_metrics(second)
+        assert len(calls) == len(a.test_batches)  # both memoized now: nothing computed
+    finally:
+        fitness.population_logits = real
+    assert got == again == fresh(second)
+    assert len(memo) == 3 * len(a.test_batches)

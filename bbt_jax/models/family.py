@@ -90,6 +90,8 @@ class LoadedModel:
     # dev/test batches already prepared with these weights (fitness.split_metrics' cache): shared by every
     # harness built on this object, i.e. by every run of one process that passes the same loaded model
     prepared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # (dtype, zero_lm_head_bias) -> {(prepared batch key, prompt digest): logits_BxC}: prompts already scored
+    scored: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
