@@ -152,6 +152,18 @@ def _save_all(runs: list) -> None:
             r.ckpt.save(r.state, r.history, r.cfg)
 
 
+def _score_group_on_test(runs: list, zero_shot: bool) -> None:
+    """The test prompts of every cell this process writes, in ONE batched pass (on CPU a batch of prompts
+    costs less per prompt than one at a time): each cell's `finish` then finds its scores in the loaded
+    model's memo (fitness.split_metrics' `scored`: same function, same rows, same prompt bytes)."""
+    from bbt_jax import train as train_lib
+
+    mine = [r for r in runs if r.writer]
+    if len(mine) > 1:
+        prompts = [train_lib.candidate_prompts(r.h, train_lib.test_candidates(r, zero_shot)) for r in mine]
+        mine[0].h.test_metrics(jax.tree.map(lambda *x: jnp.concatenate(x), *prompts))
+
+
 def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list[dict | None]:
     from bbt_jax import train as train_lib
 
@@ -193,6 +205,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
     _save_all(runs)
+    _score_group_on_test(runs, zero_shot)
     results = []
     for r in runs:
         if not r.writer:  # another process's cell

@@ -50,10 +50,20 @@ def passes(h: Harness, history: list) -> dict:
     return {"forward": n, "backward": n if h.gradient else 0}
 
 
+def candidate_prompts(h: Harness, candidates):
+    """The prompts of P candidates (stacked on a leading axis), as every test pass computes them."""
+    return jax.vmap(h.projection)(jax.tree.map(lambda x: np.asarray(x, np.float32), candidates))
+
+
 def score_candidates(h: Harness, candidates) -> list[dict]:
     """Test metrics of P candidates (stacked on a leading axis) in one pass over the test batches."""
-    prompts_P = jax.vmap(h.projection)(jax.tree.map(lambda x: np.asarray(x, np.float32), candidates))
-    return h.test_metrics(prompts_P)
+    return h.test_metrics(candidate_prompts(h, candidates))
+
+
+def test_candidates(run: Run, zero_shot: bool):
+    """What `finish` scores on test: the selected candidate, and with `zero_shot` the start."""
+    best_z = jax.device_get(run.state.best_dev_z)
+    return _stack(best_z, jax.device_get(run.h.start)) if zero_shot else _stack(best_z)
 
 
 def _stack(*trees):
@@ -208,10 +218,10 @@ def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None) 
     if int(best["gen"]) < 0:  # nothing finite was ever scored on dev: the prompt stays z = 0
         log("warning: no candidate had a finite dev loss; the selected prompt is z = 0")
     if zero_shot:  # the start (z = 0 or p0: the hand-written / initial prompt) scored in the same test pass
-        test, results["zero_shot_test"] = score_candidates(h, _stack(best["z"], jax.device_get(h.start)))
+        test, results["zero_shot_test"] = score_candidates(h, test_candidates(run, zero_shot))
         log(f"zero-shot (the initial prompt) test: {results['zero_shot_test']}")
     else:
-        test = score_candidates(h, _stack(best["z"]))[0]
+        test = score_candidates(h, test_candidates(run, zero_shot))[0]
     t_end = time.perf_counter()
     log(f"best dev {h.task.metric} {float(best['perf']):.4f} (generation {int(best['gen'])}) | test {test}")
 

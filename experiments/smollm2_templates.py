@@ -3,9 +3,10 @@
 Usage (from the repo root, after `make setup`):
     python experiments/smollm2_templates.py --test-rows 300 --out experiments/smollm2/templates.md
 For every (task, template) the hand-written prompt (the demo preset's cue placement at z = 0, i.e. the
-template itself) is scored on the task's 16-shot dev split of seed 13 (32-48 rows) and on the first
---test-rows rows of its evaluation split, with SmolLM2-135M-Instruct loaded once. The template a user should
-take is the one with the best DEV score; the test column is reported, not used to choose.
+template itself) is scored on the task's 16-shot dev splits of the --seeds (32-224 rows each; the dev column
+is the mean over seeds) and on the first --test-rows rows of its evaluation split, with SmolLM2-135M-Instruct
+loaded once. The template a user should take is the one with the best DEV score; the test column is
+reported, not used to choose.
 """
 
 import argparse
@@ -50,13 +51,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--test-rows", type=int, default=300)
-    p.add_argument("--seed", type=int, default=13)
+    p.add_argument("--seeds", type=int, nargs="+", default=[13, 21, 42, 87, 100])
     p.add_argument("--out", default="experiments/smollm2/templates.md")
     args = p.parse_args()
     model = load("smollm2", "")
     lines = ["# SmolLM2-135M-Instruct: the decoder templates of the 7 tasks, zero-shot", "",
-             f"Command: `python experiments/smollm2_templates.py --test-rows {args.test_rows} --seed {args.seed}`", "",
-             f"The template itself (cue placement, z = 0) scored on the 16-shot dev split of seed {args.seed} and on "
+             f"Command: `python experiments/smollm2_templates.py --tasks {' '.join(args.tasks)} --test-rows {args.test_rows} "
+             f"--seeds {' '.join(map(str, args.seeds))} --out {args.out}`", "",
+             f"The template itself (cue placement, z = 0) scored on the 16-shot dev splits of seeds "
+             f"{', '.join(map(str, args.seeds))} (mean) and on "
              f"the first {args.test_rows} test rows (metric: accuracy, F1 for mrpc; chance = the majority share is "
              "printed beside). Choose on dev; test is reported.", "",
              "| task | template | input part | cue | words | dev | test | test majority share | s |",
@@ -65,11 +68,13 @@ def main() -> int:
         variants = [("task's own", "", "", "")] + VARIANTS.get(task, [])
         for name, template, cue, words in variants:
             t0 = time.perf_counter()
-            cfg = C.override(C.demo(), task=task, seed=args.seed, data_dir=str(shared_path("data")),
-                             test_rows=args.test_rows, template=template, cue=cue, label_words=words)
-            h = build(cfg, model=model, log=lambda s: None)
+            hs = [build(C.override(C.demo(), task=task, seed=seed, data_dir=str(shared_path("data")),
+                                   test_rows=args.test_rows, template=template, cue=cue, label_words=words),
+                        model=model, log=lambda s: None) for seed in args.seeds]
+            h = hs[0]
             metric = h.task.metric
-            dev, test = score(h, "dev"), score(h, "test")
+            dev = {metric: sum(score(x, "dev")[metric] for x in hs) / len(hs)}
+            test = score(h, "test")
             labels = [r.label for r in h.encoded["test"]]
             majority = max(labels.count(c) for c in set(labels)) / len(labels)
             shown = lambda s: s.replace("\n", "\\n").replace("|", "\\|")  # noqa: E731

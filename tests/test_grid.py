@@ -4,6 +4,7 @@ through the CLI (cells, report, resume by skipping, another grid refused)."""
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -194,3 +195,21 @@ def test_variants_are_named_bundles_of_settings(tmp_path, data_dir, capsys):
         f.write_text(json.dumps(bad))
         with pytest.raises(UserError, match=match):
             grid.parse([], f)
+
+
+def test_a_seed_group_scores_its_test_prompts_in_one_batched_pass(tmp_path, data_dir, monkeypatch):
+    """The cells of a vmapped group are scored on test together: one pass over the test batches with every
+    cell's selected prompt and the (shared) start prompt; each cell's own scoring then computes nothing."""
+    from bbt_jax import fitness
+
+    calls = []
+    real = fitness.population_logits
+    monkeypatch.setattr(fitness, "population_logits",
+                        lambda fit, p: calls.append(jax.tree.leaves(p)[0].shape[0]) or real(fit, p))
+    argv = ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid", "seed=13,21,42", "--budget", "8",
+            "--eval-every", "4", "--test-rows", "40", "--eval-batch", "16", "--out", str(tmp_path / "sw")]
+    assert cli.main(argv) == 0
+    results = [json.loads((tmp_path / "sw" / f"seed={s}" / "results.json").read_text()) for s in (13, 21, 42)]
+    batches = -(-40 // 16)
+    assert calls == [4] * batches, calls  # 3 selected prompts + 1 start prompt, in one pass; nothing after
+    assert len({json.dumps(r["zero_shot_test"]) for r in results}) == 1

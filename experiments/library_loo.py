@@ -1,0 +1,160 @@
+"""Leave-one-task-out retrieval from the prompt library of the 7-task table (issue 17, item 2).
+
+Usage (after the table's sweep, from the repo root):
+    python experiments/library_loo.py experiments/table7/runs --out experiments/table7/library
+
+1. Library: every finished run of the table whose prompt is shallow (bbt-paper, bbt, prompt-tuning: a prompt
+   at the input only) is added to <out>/lib (keys: the run's training rows embedded at p0, library.py).
+2. For every task and seed: the task's own few-shot train rows query the library with --exclude-task (RoSPr's
+   instance vote, top-m 5, k 3); the top entry's prompt becomes p0 of a BBT run at the table's bbt settings
+   (same calls, same seed), scored on the same test rows: "retrieved" = that p0 alone (z = 0), "retrieval-init
+   BBT" = the tuned prompt. Cold BBT and the hand-written template come from the table's bbt cells.
+   The table's decoder prompts replace each task's answer cue (cue placement), so only tasks whose cues have
+   the same token count can lend each other prompts (library.py); a task without such a partner is reported
+   as such, not run.
+Writes <out>/loo.json and <out>/README.md. One process loads SmolLM2 once; resumable per (task, seed).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from bbt_jax import artifact, library
+from bbt_jax import config as C
+from bbt_jax.errors import UserError
+from bbt_jax.harness import build
+from bbt_jax.io import read_json, shared_path, write_json_atomic
+from bbt_jax.models.registry import load
+from bbt_jax.provenance import environment
+from bbt_jax.report import TASK_ORDER, load_results, method_label, test_metric
+from bbt_jax.train import train
+
+SHALLOW = ("bbt-paper", "bbt", "prompt-tuning")
+
+
+def table_runs(root: Path) -> list[tuple[Path, dict]]:
+    out = []
+    for res in sorted(root.rglob("results.json")):
+        results = load_results(res)
+        if (res.parent / artifact.CARD_FILE).is_file():
+            out.append((res.parent, results))
+    return out
+
+
+def build_library(runs, lib_dir: Path, model):
+    if (lib_dir / library.INDEX_FILE).is_file():
+        return library.open_library(lib_dir)
+    lib = None
+    for folder, results in runs:
+        if (results.get("label") or method_label(results)) not in SHALLOW:
+            continue
+        saved = artifact.load_prompt(folder)
+        cfg = artifact.config_for(saved, **library.EMBED_SETTINGS)
+        if not Path(cfg.run.data_dir).is_dir():
+            cfg = C.override(cfg, data_dir=str(shared_path("data")))
+        h = build(cfg, model=model, log=lambda s: None)
+        entry = library.entry_of(saved, h, results)
+        entry["method"] = results.get("label") or entry["method"]
+        lib = lib or library.new_library(lib_dir, saved.card["model"], model.family.name)
+        library.add_entry(lib, entry, library.embed_rows(h), saved.prompt_NxD, saved.layers_YxNxD)
+        print(f"library: + {folder.name}", flush=True)
+    library.save(lib)
+    return lib
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", help="the table's sweep folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--top-m", type=int, default=5)
+    args = p.parse_args()
+    root, out = Path(args.root), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = table_runs(root)
+    sweep = read_json(root / "sweep.json", str(root / "sweep.json"), "sweep file")
+    bbt = {(r["task"], r["config"]["run"]["seed"]): (f, r) for f, r in runs if r.get("label") == "bbt"}
+    if not bbt:
+        print(f"{root}: no finished bbt cells", file=sys.stderr)
+        return 1
+    model = load("smollm2", "")
+    lib = build_library(runs, out / "lib", model)
+    done_path = out / "loo.json"
+    done = json.loads(done_path.read_text()) if done_path.is_file() else {}
+    variant = sweep["variants"]["bbt"]
+    for (task, seed), (folder, cold) in sorted(bbt.items(), key=lambda x: (TASK_ORDER.index(x[0][0]), x[0][1])):
+        name = f"{task}-{seed}"
+        if name in done:
+            continue
+        metric = test_metric(cold)
+        row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
+               "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
+        cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
+        if not Path(cfg.run.data_dir).is_dir():
+            cfg = C.override(cfg, data_dir=str(shared_path("data")))
+        h = build(cfg, model=model, log=lambda s: None)
+        try:
+            q = library.query(lib, library.embed_rows(h), library.layout_of(h), task=task, k=3, top_m=args.top_m,
+                              exclude_task=True)
+        except UserError as e:
+            row["retrieved_from"] = None
+            row["note"] = str(e).split("(")[0].strip()
+            done[name] = row
+            write_json_atomic(done_path, done)
+            print(f"{name}: no compatible entry", flush=True)
+            continue
+        top = q["ranking"][0]
+        prompt_NxD, layers = lib.prompt(top["id"])
+        init = library.write_prompt(out / "retrieved" / f"{name}.safetensors", prompt_NxD, layers,
+                                    {"library": str(lib.path), "entries": [top["id"]]})
+        run_cfg = C.override(C.from_dict(cold["config"]), init_prompt=str(init), out=str(out / "runs" / name),
+                             **{k: v for k, v in variant.items() if k in C.flat_fields()})
+        if not Path(run_cfg.run.data_dir).is_dir():
+            run_cfg = C.override(run_cfg, data_dir=str(shared_path("data")))
+        res = train(run_cfg, log=lambda s: None, zero_shot=True, out=Path(run_cfg.run.out), model=model)
+        res["environment"] = environment(os.environ)
+        write_json_atomic(Path(run_cfg.run.out) / "results.json", res)
+        row.update(retrieved_from={k: top[k] for k in ("task", "seed", "method", "votes")},
+                   ranking=[{k: x[k] for k in ("task", "seed", "method", "votes")} for x in q["ranking"]],
+                   retrieved=100 * res["zero_shot_test"][metric], retrieval_bbt=100 * res["test"][metric],
+                   retrieval_dev=res["dev"]["best_perf"], calls=res["calls"], cold_calls=cold["calls"])
+        done[name] = row
+        write_json_atomic(done_path, done)
+        print(f"{name}: from {row['retrieved_from']} | template {row['template']:.1f} retrieved {row['retrieved']:.1f} "
+              f"| cold BBT {row['cold_bbt']:.1f} retrieval-init BBT {row['retrieval_bbt']:.1f}", flush=True)
+    (out / "README.md").write_text(table(done, args) + "\n")
+    print(table(done, args))
+    return 0
+
+
+def _ms(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
+
+
+def table(done: dict, args) -> str:
+    lines = ["# Leave-one-task-out prompt retrieval on the 7-task table (SmolLM2-135M-Instruct)", "",
+             f"Command: `python experiments/library_loo.py {args.root} --out {args.out} --top-m {args.top_m}`", "",
+             "Library: the table's shallow prompts (bbt-paper, bbt, prompt-tuning; 5 seeds each). Query: the task's "
+             "own 16-shot train rows, its own entries excluded; the top entry by instance vote is p0 of a BBT run at "
+             "the table's bbt settings and calls. Test metric in % (F1 for mrpc), mean ± std over seeds.", "",
+             "| task | template (zero-shot) | retrieved prompt (zero-shot) | cold BBT | retrieval-init BBT | "
+             "retrieved from |", "|---|---|---|---|---|---|"]
+    for task in TASK_ORDER:
+        rows = [r for r in done.values() if r["task"] == task]
+        if not rows:
+            continue
+        src = sorted({f"{r['retrieved_from']['task']} {r['retrieved_from']['method']}" for r in rows
+                      if r.get("retrieved_from")})
+        lines.append(f"| {task} | {_ms(r['template'] for r in rows)} | {_ms(r.get('retrieved') for r in rows)} | "
+                     f"{_ms(r['cold_bbt'] for r in rows)} | {_ms(r.get('retrieval_bbt') for r in rows)} | "
+                     f"{', '.join(src) or rows[0].get('note', 'none')} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
