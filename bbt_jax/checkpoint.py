@@ -63,10 +63,11 @@ SEARCH_FIELDS = (
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets", "template", "cue", "label_words",
     "words_per_class",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
-    "eval_every", "dev_init", "dev_tiebreak_loss", "method", "layer_schedule",
+    "eval_every", "dev_init", "dev_tiebreak_loss", "method", "layer_schedule", "refine_at", "refine_sigma",
     "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "clip_norm",
 )
-# Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either.
+# Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either; nor may
+# it under a two-stage search (--refine-at: the switch generation is a share of the budget).
 GRADIENT_FIELDS = ("budget",)
 
 
@@ -98,7 +99,8 @@ def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, wh
     run = saved.get("run", {})
     if "data_source" not in run:  # written before --data-source existed: the JSONL splits
         saved = {**saved, "run": {**run, "data_source": "jsonl", "tfds_name": ""}}
-    fields = SEARCH_FIELDS + (GRADIENT_FIELDS if cfg.search.method in config_lib.GRADIENT_METHODS else ())
+    fixed_budget = cfg.search.method in config_lib.GRADIENT_METHODS or cfg.search.refine_at > 0
+    fields = SEARCH_FIELDS + (GRADIENT_FIELDS if fixed_budget else ())
     differ = config_lib.diff(saved, current, fields)
     if differ:
         flat_saved = {k: v for g in config_lib.GROUPS for k, v in saved.get(g, {}).items()}

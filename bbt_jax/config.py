@@ -145,6 +145,10 @@ class SearchConfig:
                         "never worse on dev than the start")
     dev_tiebreak_loss: bool = _f(False, "on a dev-metric tie, select the candidate with the lower dev loss "
                                  "(bbt.py keeps the earlier one)")
+    refine_at: float = _f(0.0, "two-stage search (bbt): the strategy runs this fraction of the generations as "
+                          "configured, then restarts at the best candidate so far with --refine-sigma for the "
+                          "rest, at the same budget (0: off; bbt_jax/refine.py)")
+    refine_sigma: float = _f(0.1, "step size of the refinement stage (--refine-at)")
     pop_chunk: int = _f(0, "evaluate the population in chunks of this many members inside the one call "
                         "(0: all at once, one vmap, right for accelerators; on CPU 4 was faster, see BENCHMARKS.md)")
 
@@ -175,6 +179,12 @@ class SearchConfig:
             raise UserError(f"--sigma {self.sigma}: must be > 0")
         if self.eval_every < 1:
             raise UserError(f"--eval-every {self.eval_every}: must be >= 1")
+        if not 0.0 <= self.refine_at < 1.0:
+            raise UserError(f"--refine-at {self.refine_at}: must be in [0, 1) (the first stage's share of generations)")
+        if self.refine_sigma <= 0:
+            raise UserError(f"--refine-sigma {self.refine_sigma}: must be > 0")
+        if self.refine_at and self.method != "bbt":
+            raise UserError(f"--refine-at {self.refine_at}: the two-stage search is for --method bbt, not {self.method}")
         if self.pop_chunk < 0:
             raise UserError(f"--pop-chunk {self.pop_chunk}: must be >= 0")
 

@@ -34,7 +34,7 @@ from bbt_jax.models.registry import load
 from bbt_jax.problem import PromptProblem
 from bbt_jax.prompt import Identity, Projection, embedding_std, make_projection
 from bbt_jax.search import Search
-from bbt_jax.strategy import make_strategy
+from bbt_jax.strategy import make_strategy, with_refinement
 from bbt_jax.types import Buckets, TokenBatch
 
 
@@ -174,6 +174,8 @@ class Harness:
         generations = None
         if layers and s.layer_schedule == "sequential":
             generations = sequential_generations(s.budget, s.popsize, layers)
+        if s.refine_at:
+            strategy = with_refinement(strategy, switch=round(s.refine_at * s.generations), sigma=s.refine_sigma)
         return Search(strategy, config=s, generations=generations, mesh=mesh)
 
     def rows(self, split: str) -> int:

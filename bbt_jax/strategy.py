@@ -25,6 +25,7 @@ from evosax.algorithms import distribution_based_algorithms
 from bbt_jax.cma import LazyCMA_ES, PyCMA_ES, with_tie_safe_ranks
 from bbt_jax.deep import Layerwise
 from bbt_jax.errors import UserError
+from bbt_jax.refine import Refine, check_refinable
 
 # Algorithms whose constructor needs more than (population_size, solution).
 _NEEDS_MORE = {name for name, cls in distribution_based_algorithms.items()
@@ -123,3 +124,10 @@ def make_strategy(name: str, *, popsize: int, num_dims: int, sigma: float = 1.0,
     if layers:
         es = Layerwise(es, layers, layer_schedule)
     return Strategy(key, es, float(sigma), tuple(overrides.items()))
+
+
+def with_refinement(strategy: Strategy, *, switch: int, sigma: float) -> Strategy:
+    """The same strategy run as a two-stage search (refine.Refine): a small-step restart at the best candidate
+    so far from generation `switch` on, with step size `sigma`."""
+    check_refinable(strategy.es, strategy.params())
+    return dataclasses.replace(strategy, es=Refine(strategy.es, switch, sigma))

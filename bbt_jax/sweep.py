@@ -205,13 +205,15 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
     _save_all(runs)
+    t0 = time.perf_counter()
     _score_group_on_test(runs, zero_shot)
+    test_s = time.perf_counter() - t0
     results = []
     for r in runs:
         if not r.writer:  # another process's cell
             results.append(None)
             continue
-        res = train_lib.finish(r, zero_shot=zero_shot, search_s=group_s / S)
+        res = train_lib.finish(r, zero_shot=zero_shot, search_s=group_s / S, test_s=test_s / S)
         res["vmapped"] = {"runs": S, "search_s": group_s, "seeds": [x.cfg.run.seed for x in runs]}
         results.append(res)
     return results

@@ -199,10 +199,11 @@ def record_dev_z0(results: dict, z0: dict) -> None:
     results["dev_z0"] = {"perf": float(z0["dev_perf"]), "loss": float(z0["dev_loss"])}
 
 
-def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None) -> dict:
+def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None, test_s: float = 0.0) -> dict:
     """After the search: save the final checkpoint, select the best-on-dev candidate, score it (and with
     `zero_shot` the start) on test, write the prompt artifact; returns the results dict. `search_s`: the
-    run's share of a shared (vmapped) search, where its own clock would count the whole group's."""
+    run's share of a shared (vmapped) search, where its own clock would count the whole group's; `test_s`: its
+    share of a test pass shared with other runs before this call (sweep._score_group_on_test)."""
     cfg, h, state, history, log, results = run.cfg, run.h, run.state, run.history, run.log, run.results
     if run.ckpt is not None:
         run.ckpt.save(state, history, cfg)  # the final state (no-op if just saved)
@@ -237,9 +238,9 @@ def finish(run: Run, *, zero_shot: bool = False, search_s: float | None = None) 
         "test": test, "nonfinite_losses": int(best["nonfinite"]), "curve": history,
         "best_z": None if h.gradient else np.asarray(best["z"]).tolist(),  # gradient methods: prompt.safetensors
         "resumed_from_generation": run.resumed.generation if run.resumed is not None else None,
-        "time": {"wall_s": setup_s + search_s + (t_end - t_done) if shared else t_end - run.clock["start"],
+        "time": {"wall_s": setup_s + search_s + test_s + (t_end - t_done) if shared else t_end - run.clock["start"],
                  "setup_s": setup_s, "search_s": search_s,
-                 "first_interval_s": run.clock.get("first"), "test_s": t_end - t_done},
+                 "first_interval_s": run.clock.get("first"), "test_s": test_s + t_end - t_done},
     })
     if run.out and run.writer:
         metrics = {"dev": results["dev"], "test": test, "calls": results["calls"]}
