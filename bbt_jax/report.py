@@ -148,6 +148,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def format_mean_std(values) -> str:
+    """"mean ± std" of the values that are not None, one decimal; "—" if none."""
+    values = [v for v in values if v is not None]
+    return "{:.1f} ± {:.1f}".format(*mean_std(values)) if values else "—"
+
+
 def _cell(rows: list[dict], task: str, method: str) -> list[float]:
     return [r["test"] for r in rows if r["task"] == task and r["method"] == method and r["test"] is not None]
 
@@ -164,9 +170,8 @@ def markdown(rows: list[dict]) -> str:
         for t in tasks:
             v = _cell(rows, t, m)
             if v:
-                mu, sd = mean_std(v)
-                means.append(mu)
-                cells.append(f"{mu:.1f} ± {sd:.1f} ({len(v)})")
+                means.append(mean_std(v)[0])
+                cells.append(f"{format_mean_std(v)} ({len(v)})")
             else:
                 cells.append("—")
         avg = f"{statistics.mean(means):.1f}" if means else "—"

@@ -18,7 +18,6 @@ Writes <out>/loo.json and <out>/README.md. One process loads SmolLM2 once; resum
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from bbt_jax.harness import build
 from bbt_jax.io import read_json, shared_path, write_json_atomic
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
-from bbt_jax.report import TASK_ORDER, load_results, method_label, test_metric
+from bbt_jax.report import TASK_ORDER, format_mean_std, load_results, method_label, test_metric
 from bbt_jax.train import train
 
 SHALLOW = ("bbt-paper", "bbt", "prompt-tuning")
@@ -129,13 +128,6 @@ def main() -> int:
     return 0
 
 
-def _ms(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.1f}"
-
-
 def table(done: dict, args) -> str:
     lines = ["# Leave-one-task-out prompt retrieval on the 7-task table (SmolLM2-135M-Instruct)", "",
              f"Command: `python experiments/library_loo.py {args.root} --out {args.out} --top-m {args.top_m}`", "",
@@ -150,8 +142,8 @@ def table(done: dict, args) -> str:
             continue
         src = sorted({f"{r['retrieved_from']['task']} {r['retrieved_from']['method']}" for r in rows
                       if r.get("retrieved_from")})
-        lines.append(f"| {task} | {_ms(r['template'] for r in rows)} | {_ms(r.get('retrieved') for r in rows)} | "
-                     f"{_ms(r['cold_bbt'] for r in rows)} | {_ms(r.get('retrieval_bbt') for r in rows)} | "
+        cols = [format_mean_std(r.get(k) for r in rows) for k in ("template", "retrieved", "cold_bbt", "retrieval_bbt")]
+        lines.append(f"| {task} | {' | '.join(cols)} | "
                      f"{', '.join(src) or rows[0].get('note', 'none')} |")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from bbt_jax import artifact, reading
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
-from bbt_jax.report import load_results, method_label
+from bbt_jax.report import format_mean_std, load_results, method_label
 
 
 def _runs(root: Path, task: str) -> list[Path]:
@@ -81,14 +81,6 @@ def main() -> int:
     return 0
 
 
-def _ms(values) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return ""
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f}"
-
-
 def table(rows: list[dict], args) -> str:
     lines = [f"# Waywardness: {args.task} prompts of {args.root} read as their nearest tokens", "",
              f"Command: `python experiments/waywardness.py {args.root} --task {args.task} --out {args.out}`", "",
@@ -104,10 +96,10 @@ def table(rows: list[dict], args) -> str:
         same = sum(r["same_as_p0"] for r in rs)
         total = sum(r["positions"] for r in rs)
         rel = [statistics.mean(r["distance_from_p0"]) / r["word_norm_median"] for r in rs]
-        lines.append(f"| {m} | {len(rs)} | {_ms(r['soft'] for r in rs)} | {_ms(r['hard'] for r in rs)} | "
-                     f"{_ms(r['zero_shot'] for r in rs)} | {same}/{total} | {statistics.mean(rel):.2f} |")
-    lines += ["", "| run | soft | hard | hard reading (p0: " + " ".join(repr(t) for t in rows[0]["p0_tokens"]) + ") |",
-              "|---|---|---|---|"]
+        cols = [format_mean_std(r[k] for r in rs) for k in ("soft", "hard", "zero_shot")]
+        lines.append(f"| {m} | {len(rs)} | {' | '.join(cols)} | {same}/{total} | {statistics.mean(rel):.2f} |")
+    p0 = " ".join(repr(t) for t in rows[0]["p0_tokens"])
+    lines += ["", f"| run | soft | hard | hard reading (p0: {p0}) |", "|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['run']} | {r['soft']:.1f} | {r['hard']:.1f} | "
                      f"{' '.join(repr(t) for t in r['hard_tokens'])} |")
