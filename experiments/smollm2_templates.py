@@ -27,11 +27,15 @@ VARIANTS = {
     "mrpc": [("yes/no paraphrase", "Sentence 1: {text}\nSentence 2: {text_pair}",
               "\nAre the two sentences paraphrases? Answer:", " No| Yes"),
              ("true/false", "{text}\nQuestion: Does this mean the same as \"{text_pair}\"? True or False?",
-              "\nAnswer:", " False| True")],
+              "\nAnswer:", " False| True"),
+             ("until 2026-11-28: task's own", "Sentence 1: {text}\nSentence 2: {text_pair}",
+              "\nDo both sentences mean the same thing?", " No| Yes")],
     "snli": [("true/neither/false", "{text}\nQuestion: {text_pair} True, False or Neither?", "\nAnswer:",
               " True| Neither| False"),
              ("yes/maybe/no answer", "Premise: {text}\nHypothesis: {text_pair}",
-              "\nIs the hypothesis true given the premise? Answer yes, maybe or no.\nAnswer:", " yes| maybe| no")],
+              "\nIs the hypothesis true given the premise? Answer yes, maybe or no.\nAnswer:", " yes| maybe| no"),
+             ("until 2026-11-28: task's own", "Premise: {text}\nHypothesis: {text_pair}",
+              "\nDoes the premise imply the hypothesis? Yes, Maybe or No?", " Yes| Maybe| No")],
     "rte": [("true/false", "{text}\nQuestion: {text_pair} True or False?", "\nAnswer:", " True| False"),
             ("yes/no answer", "Premise: {text}\nHypothesis: {text_pair}",
              "\nIs the hypothesis true given the premise? Answer yes or no.\nAnswer:", " yes| no")],
@@ -54,6 +58,7 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[13, 21, 42, 87, 100])
     p.add_argument("--out", default="experiments/smollm2/templates.md")
     p.add_argument("--dev-only", action="store_true", help="score dev only (choosing a template needs no test)")
+    p.add_argument("--only", default="", help="score only the variants whose name contains this text")
     args = p.parse_args()
     model = load("smollm2", "")
     lines = ["# SmolLM2-135M-Instruct: the decoder templates of the 7 tasks, zero-shot", "",
@@ -68,6 +73,8 @@ def main() -> int:
     for task in args.tasks:
         variants = [("task's own", "", "", "")] + VARIANTS.get(task, [])
         for name, template, cue, words in variants:
+            if args.only not in name:
+                continue
             t0 = time.perf_counter()
             hs = [build(C.override(C.demo(), task=task, seed=seed, data_dir=str(shared_path("data")),
                                    test_rows=args.test_rows, template=template, cue=cue, label_words=words),
