@@ -23,7 +23,7 @@ from bbt_jax.errors import UserError
 from bbt_jax.io import read_json, write_bytes_atomic
 
 TASK_ORDER = ("sst2", "yelpp", "agnews", "dbpedia", "mrpc", "snli", "rte")
-METHOD_ORDER = ("zero-shot", "bbt-paper", "bbt", "bbtv2-seq", "bbtv2-par", "prompt-tuning", "deep-prompt-tuning")
+METHOD_ORDER = ("zero-shot", "bbt-paper", "bbt", "bbtv2", "bbtv2-seq", "bbtv2-par", "prompt-tuning", "deep-prompt-tuning")
 COLUMNS = ("task", "method", "seed", "test", "dev", "calls", "wall_s", "metric", "model", "path")
 ZERO_SHOT = "zero-shot"
 
