@@ -146,36 +146,28 @@ def split_metrics(backbone, frozen, batches: Sequence[TokenBatch], prompts_P, me
     that a prompt scored again on the same rows (the same start prompt in every cell of a sweep) costs
     nothing; equal prompts are found by their bytes."""
     size = jax.tree.leaves(prompts_P)[0].shape[0]
-    digests = None
-    if cache is not None and scored is not None:
+    memo = scored if cache is not None else None
+    # a prompt's name: its bytes where a memo can hold it (equal prompts are computed once), else its index
+    names = list(range(size))
+    if memo is not None:
         host_P = jax.device_get(prompts_P)
-        digests = [_digest(*(leaf[i] for leaf in jax.tree.leaves(host_P))) for i in range(size)]
-    pending, keys = [], []  # pending: (batch index, batch key, prompt indices computed, their logits on device)
+        names = [_digest(*(leaf[i] for leaf in jax.tree.leaves(host_P))) for i in range(size)]
+    known, pending = [], []  # known[j]: name -> logits_BxC of batch j; pending: (j, batch key, names, device logits)
     for j, b in enumerate(batches):
         fit, key = _eval_fitness(backbone, frozen, b, metric, cache)
-        keys.append(key)
-        todo = list(range(size))
-        if digests is not None:
-            todo = sorted({digests[i]: i for i in reversed(todo) if (key, digests[i]) not in scored}.values())
+        known.append({n: memo[key, n] for n in names if memo is not None and (key, n) in memo})
+        todo = {n: i for i, n in reversed(list(enumerate(names))) if n not in known[j]}  # name -> first index
         if todo:
-            chosen = prompts_P if len(todo) == size else jax.tree.map(lambda x, t=np.asarray(todo): x[t], prompts_P)
-            pending.append((j, key, todo, population_logits(fit, chosen)))
-    got = jax.device_get([p[3] for p in pending])
-    by_batch: dict[int, dict[int, np.ndarray]] = {}
-    for (j, key, todo, _), logits in zip(pending, got, strict=True):
-        by_batch[j] = dict(zip(todo, logits, strict=True))
-        if digests is not None:
-            for i, lg in by_batch[j].items():
-                scored[key, digests[i]] = lg
-            while len(scored) > SCORED_CACHE_ENTRIES:
-                scored.pop(next(iter(scored)))
-    columns = []
-    for j in range(len(batches)):
-        row = by_batch.get(j, {})
-        if digests is None:
-            columns.append(np.stack([row[i] for i in range(size)]))
-        else:
-            columns.append(np.stack([row[i] if i in row else scored[keys[j], digests[i]] for i in range(size)]))
+            index = sorted(todo.values())
+            chosen = prompts_P if len(index) == size else jax.tree.map(lambda x, t=np.asarray(index): x[t], prompts_P)
+            pending.append((j, key, [names[i] for i in index], population_logits(fit, chosen)))
+    for (j, key, computed, _), logits in zip(pending, jax.device_get([p[3] for p in pending]), strict=True):
+        known[j].update(zip(computed, logits, strict=True))
+        if memo is not None:
+            memo.update({(key, n): lg for n, lg in zip(computed, logits, strict=True)})
+    while memo is not None and len(memo) > SCORED_CACHE_ENTRIES:
+        memo.pop(next(iter(memo)))
+    columns = [np.stack([row[n] for n in names]) for row in known]
     logits_PxBxC = np.concatenate(columns, axis=1)
     labels_B = np.concatenate([np.asarray(b.labels_B) for b in batches])
     weight_B = np.concatenate([np.asarray(b.weight_B) for b in batches])
