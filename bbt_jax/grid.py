@@ -14,7 +14,7 @@ that the grid key "variant" ranges over; the variant's name is the report's meth
 
 Cells that differ only in their seeds (few-shot split, projection, ES noise) run as ONE vmapped
 search (sweep.train_group: one compiled call per interval for all of them, each cell still with its
-own folder, checkpoints, artifact and results.json); gradient methods and `--no-vmap-seeds` run cell
+own folder, checkpoints, artifact and results.json), gradient methods too; `--no-vmap-seeds` runs cell
 by cell. A vmapped cell equals its solo run up to float rounding (tests/test_grid.py).
 
 Under several processes (distributed.py) every process runs `run` with the same arguments: a seed

@@ -92,7 +92,9 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     The splits are padded to common bucket lengths (the loss does not depend on padding, up to float
     rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
     artifact; the runs resume together when their checkpoints stand at the same generation. Returns None
-    (the caller runs them one by one) for gradient methods or splits of different row counts.
+    (the caller runs them one by one) for splits of different row counts. Gradient methods group too:
+    their candidate starts at the template's p0 whatever the seed, so only the rows differ per cell
+    (one compilation and one backward graph for the 5 seeds instead of five).
 
     Under several processes (distributed.py) every process calls it with the same configs: the cells
     are sharded in contiguous blocks over every process's devices (`distributed.block_owners`), the
@@ -106,7 +108,7 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
 
     names = [f"seed {c.run.seed}" for c in cfgs]
     hs = [build(c, default_tokenizer=default_tokenizer, model=model, log=lambda s: None) for c in cfgs]
-    if hs[0].gradient or any(h.method != hs[0].method for h in hs):
+    if any(h.method != hs[0].method for h in hs):
         return None
     lengths = {}
     for split in ("train", "dev"):
