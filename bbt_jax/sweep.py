@@ -21,6 +21,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bbt_jax import distributed
 from bbt_jax import tasks as tasks_lib
@@ -92,9 +93,10 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     The splits are padded to common bucket lengths (the loss does not depend on padding, up to float
     rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
     artifact; the runs resume together when their checkpoints stand at the same generation. Returns None
-    (the caller runs them one by one) for splits of different row counts. Gradient methods group too:
-    their candidate starts at the template's p0 whatever the seed, so only the rows differ per cell
-    (one compilation and one backward graph for the 5 seeds instead of five).
+    (the caller runs them one by one) for splits of different row counts. ES cells may also differ in
+    their initial prompt p0 (--init-prompt: it lives in each cell's projection). Gradient methods group
+    when their p0 is the same (the template's, whatever the seed: only the rows differ per cell; their
+    search holds x0 = p0), which gives one compilation of the forward+backward interval for the group.
 
     Under several processes (distributed.py) every process calls it with the same configs: the cells
     are sharded in contiguous blocks over every process's devices (`distributed.block_owners`), the
@@ -110,6 +112,8 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     hs = [build(c, default_tokenizer=default_tokenizer, model=model, log=lambda s: None) for c in cfgs]
     if any(h.method != hs[0].method for h in hs):
         return None
+    if hs[0].gradient and any(not np.array_equal(h.layout.p0, hs[0].layout.p0) for h in hs):
+        return None  # a gradient search holds its start x0 = p0: one search serves only cells of one p0
     lengths = {}
     for split in ("train", "dev"):
         shapes = [[int(b.input_ids_BxL.shape[0]) for b in h.buckets(split)] for h in hs]

@@ -12,16 +12,20 @@ Usage (after the table's sweep, from the repo root):
    The table's decoder prompts replace each task's answer cue (cue placement), so only tasks whose cues have
    the same token count can lend each other prompts (library.py); a task without such a partner is reported
    as such, not run.
-Writes <out>/loo.json and <out>/README.md. One process loads SmolLM2 once; resumable per (task, seed).
+A task's 5 seeds run as ONE vmapped search (sweep.train_group: the seeds differ in split, projection, noise and
+their retrieved p0, which lives in each cell's projection). Writes <out>/loo.json and <out>/README.md. One
+process loads SmolLM2 once; resumable per task (the library grows as the table does: runs not yet in it are added).
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from bbt_jax import artifact, library
+from bbt_jax import sweep as sweep_lib
 from bbt_jax import config as C
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
@@ -43,12 +47,16 @@ def table_runs(root: Path) -> list[tuple[Path, dict]]:
     return out
 
 
-def build_library(runs, lib_dir: Path, model):
-    if (lib_dir / library.INDEX_FILE).is_file():
-        return library.open_library(lib_dir)
-    lib = None
+def build_library(runs, lib_dir: Path, model, tasks=None):
+    """The library at lib_dir with every shallow prompt of `runs` (of `tasks`, all if None) in it: opened
+    when it exists, and only the runs not yet in it are embedded and added (the table grows between calls)."""
+    lib = library.open_library(lib_dir) if (lib_dir / library.INDEX_FILE).is_file() else None
+    have = {e["run"] for e in lib.entries} if lib is not None else set()
+    added = 0
     for folder, results in runs:
-        if (results.get("label") or method_label(results)) not in SHALLOW:
+        if (results.get("label") or method_label(results)) not in SHALLOW or str(folder.resolve()) in have:
+            continue
+        if tasks is not None and results["task"] not in tasks:
             continue
         saved = artifact.load_prompt(folder)
         cfg = artifact.config_for(saved, **library.EMBED_SETTINGS)
@@ -59,8 +67,10 @@ def build_library(runs, lib_dir: Path, model):
         entry["method"] = results.get("label") or entry["method"]
         lib = lib or library.new_library(lib_dir, saved.card["model"], model.family.name)
         library.add_entry(lib, entry, library.embed_rows(h), saved.prompt_NxD, saved.layers_YxNxD)
+        added += 1
         print(f"library: + {folder.name}", flush=True)
-    library.save(lib)
+    if added:
+        library.save(lib)
     return lib
 
 
@@ -69,6 +79,9 @@ def main() -> int:
     p.add_argument("root", help="the table's sweep folder")
     p.add_argument("--out", required=True)
     p.add_argument("--top-m", type=int, default=5)
+    p.add_argument("--tasks", nargs="+", choices=TASK_ORDER, default=None,
+                   help="query only these tasks (all by default). A task's result is final once every task whose "
+                        "prompts fit its layout (the same cue token count) is complete in the table.")
     args = p.parse_args()
     root, out = Path(args.root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,46 +96,62 @@ def main() -> int:
     done_path = out / "loo.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     variant = sweep["variants"]["bbt"]
-    for (task, seed), (folder, cold) in sorted(bbt.items(), key=lambda x: (TASK_ORDER.index(x[0][0]), x[0][1])):
-        name = f"{task}-{seed}"
-        if name in done:
+    for task in [t for t in TASK_ORDER if not args.tasks or t in args.tasks]:
+        cells = sorted((seed, folder, cold) for (t, seed), (folder, cold) in bbt.items() if t == task)
+        todo = []  # (name, row, cfg) of this task's seeds, run below as ONE vmapped group
+        for seed, folder, cold in cells:
+            name = f"{task}-{seed}"
+            if name in done:
+                continue
+            metric = test_metric(cold)
+            row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
+                   "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
+            cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
+            if not Path(cfg.run.data_dir).is_dir():
+                cfg = C.override(cfg, data_dir=str(shared_path("data")))
+            h = build(cfg, model=model, log=lambda s: None)
+            try:
+                q = library.query(lib, library.embed_rows(h), library.layout_of(h), task=task, k=3,
+                                  top_m=args.top_m, exclude_task=True)
+            except UserError as e:
+                row["retrieved_from"] = None
+                row["note"] = str(e).split("(")[0].strip()
+                done[name] = row
+                write_json_atomic(done_path, done)
+                print(f"{name}: no compatible entry", flush=True)
+                continue
+            top = q["ranking"][0]
+            prompt_NxD, layers = lib.prompt(top["id"])
+            init = library.write_prompt(out / "retrieved" / f"{name}.safetensors", prompt_NxD, layers,
+                                        {"library": str(lib.path), "entries": [top["id"]]})
+            run_cfg = C.override(C.from_dict(cold["config"]), init_prompt=str(init), out=str(out / "runs" / name),
+                                 **{k: v for k, v in variant.items() if k in C.flat_fields()})
+            if not Path(run_cfg.run.data_dir).is_dir():
+                run_cfg = C.override(run_cfg, data_dir=str(shared_path("data")))
+            row.update(retrieved_from={k: top[k] for k in ("task", "seed", "method", "votes")},
+                       ranking=[{k: x[k] for k in ("task", "seed", "method", "votes")} for x in q["ranking"]],
+                       cold_calls=cold["calls"])
+            todo.append((name, row, run_cfg))
+        if not todo:
             continue
-        metric = test_metric(cold)
-        row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
-               "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
-        cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
-        if not Path(cfg.run.data_dir).is_dir():
-            cfg = C.override(cfg, data_dir=str(shared_path("data")))
-        h = build(cfg, model=model, log=lambda s: None)
-        try:
-            q = library.query(lib, library.embed_rows(h), library.layout_of(h), task=task, k=3, top_m=args.top_m,
-                              exclude_task=True)
-        except UserError as e:
-            row["retrieved_from"] = None
-            row["note"] = str(e).split("(")[0].strip()
+        t0 = time.perf_counter()
+        # the seeds differ in split, projection, noise and p0 (each its retrieved prompt): one vmapped search
+        results = sweep_lib.train_group([c for _, _, c in todo], model=model, zero_shot=True, log=lambda s: None)
+        if results is None:
+            results = [train(c, log=lambda s: None, zero_shot=True, out=Path(c.run.out), model=model)
+                       for _, _, c in todo]
+        print(f"{task}: {len(todo)} retrieval-initialised BBT runs in {time.perf_counter() - t0:.0f} s", flush=True)
+        for (name, row, run_cfg), res in zip(todo, results, strict=True):
+            res["environment"] = environment(os.environ)
+            write_json_atomic(Path(run_cfg.run.out) / "results.json", res)
+            metric = row["metric"]
+            row.update(retrieved=100 * res["zero_shot_test"][metric], retrieval_bbt=100 * res["test"][metric],
+                       retrieval_dev=res["dev"]["best_perf"], calls=res["calls"])
             done[name] = row
-            write_json_atomic(done_path, done)
-            print(f"{name}: no compatible entry", flush=True)
-            continue
-        top = q["ranking"][0]
-        prompt_NxD, layers = lib.prompt(top["id"])
-        init = library.write_prompt(out / "retrieved" / f"{name}.safetensors", prompt_NxD, layers,
-                                    {"library": str(lib.path), "entries": [top["id"]]})
-        run_cfg = C.override(C.from_dict(cold["config"]), init_prompt=str(init), out=str(out / "runs" / name),
-                             **{k: v for k, v in variant.items() if k in C.flat_fields()})
-        if not Path(run_cfg.run.data_dir).is_dir():
-            run_cfg = C.override(run_cfg, data_dir=str(shared_path("data")))
-        res = train(run_cfg, log=lambda s: None, zero_shot=True, out=Path(run_cfg.run.out), model=model)
-        res["environment"] = environment(os.environ)
-        write_json_atomic(Path(run_cfg.run.out) / "results.json", res)
-        row.update(retrieved_from={k: top[k] for k in ("task", "seed", "method", "votes")},
-                   ranking=[{k: x[k] for k in ("task", "seed", "method", "votes")} for x in q["ranking"]],
-                   retrieved=100 * res["zero_shot_test"][metric], retrieval_bbt=100 * res["test"][metric],
-                   retrieval_dev=res["dev"]["best_perf"], calls=res["calls"], cold_calls=cold["calls"])
-        done[name] = row
+            print(f"{name}: from {row['retrieved_from']} | template {row['template']:.1f} retrieved "
+                  f"{row['retrieved']:.1f} | cold BBT {row['cold_bbt']:.1f} retrieval-init BBT "
+                  f"{row['retrieval_bbt']:.1f}", flush=True)
         write_json_atomic(done_path, done)
-        print(f"{name}: from {row['retrieved_from']} | template {row['template']:.1f} retrieved {row['retrieved']:.1f} "
-              f"| cold BBT {row['cold_bbt']:.1f} retrieval-init BBT {row['retrieval_bbt']:.1f}", flush=True)
     (out / "README.md").write_text(table(done, args) + "\n")
     print(table(done, args))
     return 0

@@ -77,3 +77,38 @@ def test_sharded_population_and_sweep_equal_one_device(tmp_path):
     r = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300,
                        cwd=env["PYTHONPATH"])
     assert "SHARDED-OK" in r.stdout, r.stderr[-3000:]
+
+
+
+def test_a_seed_group_may_start_each_cell_from_its_own_prompt(tmp_path, data_dir, roberta_tokenizer):
+    """ES cells that differ in their initial prompt p0 (--init-prompt, e.g. each seed's retrieved prompt)
+    still run as one vmapped group (p0 lives in each cell's projection): each cell equals its run alone."""
+    from bbt_jax import config as config_lib
+    from bbt_jax import library
+    from bbt_jax.models.registry import load
+    from bbt_jax.sweep import train_group
+    from bbt_jax.train import train
+    from tests.conftest import ROBERTA_TOKENIZER
+
+    model = load("tiny", str(ROBERTA_TOKENIZER))
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), budget=8, eval_every=4, test_rows=16,
+                               num_buckets=1, eval_buckets=1)
+    rng = np.random.default_rng(0)
+    p0 = {seed: str(library.write_prompt(tmp_path / f"p0-{seed}.safetensors",
+                                         rng.normal(0, 0.5, (4, model.config.hidden_size))))
+          for seed in (13, 21)}
+    cfgs = {name: [config_lib.override(base, seed=seed, init_prompt=p0[seed], out=str(tmp_path / name / str(seed)))
+                   for seed in (13, 21)] for name in ("group", "solo")}
+    # a gradient search holds its start x0 = p0: cells of different p0 are left to run one by one
+    pt = [config_lib.override(c, method="prompt-tuning") for c in cfgs["group"]]
+    assert train_group(pt, model=model, log=lambda s: None) is None
+    grouped = train_group(cfgs["group"], model=model, zero_shot=True, log=lambda s: None)
+    assert grouped is not None and all(r["vmapped"]["runs"] == 2 for r in grouped)
+    for g, c in zip(grouped, cfgs["solo"], strict=True):
+        solo = train(c, model=model, zero_shot=True, log=lambda s: None, out=c.run.out)
+        np.testing.assert_allclose([r["best_loss"] for r in g["curve"]], [r["best_loss"] for r in solo["curve"]],
+                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(g["best_z"], solo["best_z"], atol=1e-4)
+        assert g["zero_shot_test"] == solo["zero_shot_test"] and g["test"] == solo["test"]
+    assert grouped[0]["zero_shot_test"] != grouped[1]["zero_shot_test"] or \
+        grouped[0]["curve"][0]["best_loss"] != grouped[1]["curve"][0]["best_loss"]
