@@ -1,10 +1,13 @@
-"""Our CPU XLA flag (xla_flags.CPU_DEFAULTS) against XLA's own defaults on the SmolLM2 path (issue 18, item 1).
+"""CPU defaults on the SmolLM2 path (issue 18, item 1): our XLA flag (xla_flags.CPU_DEFAULTS) against XLA's
+own defaults, and the population in one vmap against --pop-chunk 4.
 
-    python experiments/xla_flags_smollm2.py --rounds 3 [--out experiments/bench/xla-flags-smollm2.json]
+    python experiments/xla_flags_smollm2.py --rounds 3 [--variants ours xla ours-chunk4 xla-chunk4] \
+        [--out experiments/bench/xla-flags-smollm2.json]
 
-Each measurement is a fresh process (XLA reads its flags when the backend starts), alternating
-"ours" (the shipped default flag) and "xla" (BBT_JAX_XLA_DEFAULTS=0) for --rounds rounds, so that a
-slow phase of the machine hits both. A child builds the demo harness (sst2 seed 13, cue placement,
+Each measurement is a fresh process (XLA reads its flags when the backend starts), the variants in turn
+for --rounds rounds, so that a slow phase of the machine hits all: "ours" = the shipped default flag,
+"xla" = BBT_JAX_XLA_DEFAULTS=0; "-chunk4" = --pop-chunk 4 (it changes only the generation, so those
+children time only "gen"). A child builds the demo harness (sst2 seed 13, cue placement,
 d = 500, 32 rows) and times, compiled ahead of time, the median of --repeats executions of:
   gen      one fused BBT generation (ask + pop 20 members + tell), the demo workload;
   step     one deep-prompt-tuning step (forward + backward, shared input cache);
@@ -26,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def child(repeats: int) -> dict:
+def child(repeats: int, chunk: int) -> dict:
     from bbt_jax.xla_flags import apply_cpu_defaults
 
     apply_cpu_defaults()  # BBT_JAX_XLA_DEFAULTS=0 leaves XLA's own defaults
@@ -41,13 +44,15 @@ def child(repeats: int) -> dict:
     from tools.bench.bench import timed
 
     quiet = lambda s: None  # noqa: E731
-    cfg = C.override(C.demo(), data_dir=str(shared_path("data")), test_rows=256)
+    cfg = C.override(C.demo(), data_dir=str(shared_path("data")), test_rows=256, pop_chunk=chunk)
     model = load(cfg.model.model)
     h = build(cfg, model=model, log=quiet)
     out = {"xla_flags": os.environ.get("XLA_FLAGS", "")}
     search = h.search()
     gen = jax.jit(search._generation)
     out["gen"] = timed(gen, h.problem("train"), search.es_params(), search.init(h.keys[1]), repeats=repeats)[:2]
+    if chunk:
+        return out
     d = build(C.override(cfg, method="deep-prompt-tuning", budget=20, eval_every=5), model=model, log=quiet)
     ds = d.search()
     step = jax.jit(ds._step)
@@ -67,37 +72,43 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
+    p.add_argument("--variants", nargs="+", default=["ours", "xla"],
+                   choices=["ours", "xla", "ours-chunk4", "xla-chunk4"])
+    p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.repeats)))
+        print(json.dumps(child(args.repeats, args.chunk)))
         return 0
     from bbt_jax.provenance import cpu_model
 
-    runs = {"ours": [], "xla": []}
+    runs = {v: [] for v in args.variants}
     for r in range(args.rounds):
-        for name in ("ours", "xla"):
+        for name in args.variants:
             env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-            env["BBT_JAX_XLA_DEFAULTS"] = "1" if name == "ours" else "0"
+            env["BBT_JAX_XLA_DEFAULTS"] = "1" if name.startswith("ours") else "0"
             env["PYTHONPATH"] = str(REPO)
-            res = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)], env=env,
-                                 cwd=REPO, capture_output=True, text=True)
+            chunk = "4" if name.endswith("chunk4") else "0"
+            res = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats), "--chunk", chunk],
+                                 env=env, cwd=REPO, capture_output=True, text=True)
             if res.returncode != 0:
                 print(res.stderr[-3000:], file=sys.stderr)
                 return 1
             row = json.loads(res.stdout.strip().splitlines()[-1])
             runs[name].append(row)
-            print(f"round {r + 1} {name:4s}: " + " | ".join(f"{k} {row[k][1]:.3f} s (compile {row[k][0]:.1f})"
-                                                          for k in ("gen", "step", "test")), flush=True)
+            print(f"round {r + 1} {name:11s}: " + " | ".join(f"{k} {row[k][1]:.3f} s (compile {row[k][0]:.1f})"
+                                                             for k in ("gen", "step", "test") if k in row), flush=True)
     import numpy as np
 
     summary = {}
     for k in ("gen", "step", "test"):
-        med = {n: float(np.median([row[k][1] for row in runs[n]])) for n in runs}
-        summary[k] = {"ours_s": med["ours"], "xla_s": med["xla"], "xla_over_ours": med["xla"] / med["ours"]}
-        print(f"{k:5s}: ours {med['ours']:.3f} s, XLA defaults {med['xla']:.3f} s, ratio xla/ours "
-              f"{med['xla'] / med['ours']:.3f}")
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; flags ours: {runs['ours'][0]['xla_flags']!r}")
+        med = {n: float(np.median([row[k][1] for row in runs[n]])) for n in runs if k in runs[n][0]}
+        ref = med.get("ours")
+        summary[k] = {f"{n}_s": v for n, v in med.items()}
+        print(f"{k:5s}: " + ", ".join(f"{n} {v:.3f} s" + (f" ({ref / v:.2f}x ours)" if ref and n != "ours" else "")
+                                      for n, v in med.items()))
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; flags ours: "
+          f"{next(iter(runs.values()))[0]['xla_flags']!r} (first variant)")
     if args.out:
         Path(args.out).write_text(json.dumps({"cpu": cpu_model(), "rounds": runs, "summary": summary}, indent=1))
     return 0
