@@ -149,8 +149,10 @@ class SearchConfig:
                           "configured, then restarts at the best candidate so far with --refine-sigma for the "
                           "rest, at the same budget (0: off; bbt_jax/refine.py)")
     refine_sigma: float = _f(0.1, "step size of the refinement stage (--refine-at)")
-    pop_chunk: int = _f(0, "evaluate the population in chunks of this many members inside the one call "
-                        "(0: all at once, one vmap, right for accelerators; on CPU 4 was faster, see BENCHMARKS.md)")
+    pop_chunk: int = _f(-1, "evaluate the population in chunks of this many members inside the one call (0: all "
+                        "at once, one vmap; -1: per backend and model, as measured (BENCHMARKS.md): 4 for masked LMs "
+                        "on one CPU device, 0 for decoders (their shared input cache wants the one vmap), on "
+                        "GPU/TPU and on several devices)")
 
     def __post_init__(self):
         from bbt_jax.strategy import canonical, parse_overrides
@@ -185,8 +187,8 @@ class SearchConfig:
             raise UserError(f"--refine-sigma {self.refine_sigma}: must be > 0")
         if self.refine_at and self.method != "bbt":
             raise UserError(f"--refine-at {self.refine_at}: the two-stage search is for --method bbt, not {self.method}")
-        if self.pop_chunk < 0:
-            raise UserError(f"--pop-chunk {self.pop_chunk}: must be >= 0")
+        if self.pop_chunk < -1:
+            raise UserError(f"--pop-chunk {self.pop_chunk}: must be >= 0, or -1 (per backend and model)")
 
     @property
     def generations(self) -> int:

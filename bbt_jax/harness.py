@@ -38,6 +38,17 @@ from bbt_jax.strategy import make_strategy, with_refinement
 from bbt_jax.types import Buckets, TokenBatch
 
 
+def default_pop_chunk(kind: str, backend: str | None = None, devices: int | None = None) -> int:
+    """--pop-chunk -1: the population chunk that measured fastest (BENCHMARKS.md, both CPU kinds). On one CPU
+    device, masked LMs (RoBERTa: every member runs the whole sequence) go 4 members at a time (roberta-base
+    1.2-1.6x faster than one vmap on the Intel Xeon and AMD EPYC VMs), decoders keep the one vmap (their
+    members share the input cache; chunks of 4 were 1.2x slower on the SmolLM2 demo, AMD EPYC). GPU/TPU and
+    several devices (a sharded population): the one vmap."""
+    backend = backend or jax.default_backend()
+    devices = jax.device_count() if devices is None else devices
+    return 4 if backend == "cpu" and devices == 1 and kind == "masked" else 0
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Harness:
     """What stays fixed during a run (see the module docstring)."""
@@ -92,8 +103,14 @@ class Harness:
             s = self.cfg.search
             self._fitness[split, lengths] = make_fitness(
                 self.backbone, self.frozen, self.buckets(split, lengths), loss=s.loss, metric=self.task.metric,
-                chunk=s.pop_chunk if split == "train" else 0)
+                chunk=self.pop_chunk if split == "train" else 0)
         return self._fitness[split, lengths]
+
+    @property
+    def pop_chunk(self) -> int:
+        """--pop-chunk as it takes effect; -1 resolves per backend and model (default_pop_chunk)."""
+        chunk = self.cfg.search.pop_chunk
+        return chunk if chunk >= 0 else default_pop_chunk(self.model.family.kind)
 
     @property
     def method(self) -> str:
@@ -197,6 +214,8 @@ class Harness:
             out.update(proj_sigma=cfg.projection_sigma, strategy=strategy.name,
                        es_params=dict(strategy.overrides) or None, sigma=s.sigma if strategy.sigma_applies else None,
                        projection_seed=r.seed_of("projection"), es_seed=r.seed_of("es"))
+        if not self.gradient:
+            out.update(pop_chunk=self.pop_chunk)
         out.update(
             n_prompt_tokens=self.layout.n_prompt, placement=self.layout.placement, family=self.model.family.name,
             layers=self.backbone.num_layers if self.deep else None,

@@ -8,11 +8,12 @@ run's compilation (as a user pays it); "steady" is the time per generation after
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from bbt_jax.xla_flags import apply_cpu_defaults
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ (the bench) is not installed
+
+from bbt_jax.xla_flags import apply_cpu_defaults  # noqa: E402
 
 apply_cpu_defaults()
 

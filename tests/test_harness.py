@@ -79,6 +79,20 @@ def test_effective_settings(h):
     assert e["n_prompt_tokens"] == 4 and e["proj_sigma"] == 1.0 and e["strategy"] == "CMA_ES"
     assert e["decoder_splice"] is None and e["bound_handling"] is None  # ignored here: null
     assert e["random_weights"] is True and e["split_seed"] == e["projection_seed"] == e["es_seed"] == 13
+    # --pop-chunk -1 (the default) as it took effect: a masked LM on one CPU device goes 4 members at a time
+    assert h.cfg.search.pop_chunk == -1 and e["pop_chunk"] == h.fitness("train").chunk == 4
+    assert h.fitness("dev").chunk == 0
+
+
+def test_default_pop_chunk_per_backend_and_model():
+    from bbt_jax.harness import default_pop_chunk
+
+    assert default_pop_chunk("masked", "cpu", 1) == 4
+    assert default_pop_chunk("causal", "cpu", 1) == 0  # decoders share the input cache: one vmap
+    assert default_pop_chunk("masked", "gpu", 1) == default_pop_chunk("masked", "tpu", 1) == 0
+    assert default_pop_chunk("masked", "cpu", 2) == 0  # a sharded population
+    with pytest.raises(UserError, match="--pop-chunk -2"):
+        C.override(C.tiny(), pop_chunk=-2)
 
 
 def test_paper_preset_is_the_original():
