@@ -92,7 +92,11 @@ def main() -> int:
         print(f"{root}: no finished bbt cells", file=sys.stderr)
         return 1
     model = load("smollm2", "")
-    lib = build_library(runs, out / "lib", model)
+    # with --tasks, only the entries these tasks could retrieve (the same prompt length: library.fits) are added;
+    # the others are added when a later call queries a task they fit
+    sizes = {r["effective"]["n_prompt_tokens"] for _, r in runs if not args.tasks or r["task"] in args.tasks}
+    fitting = {r["task"] for _, r in runs if r["effective"]["n_prompt_tokens"] in sizes}
+    lib = build_library(runs, out / "lib", model, tasks=fitting)
     done_path = out / "loo.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     variant = sweep["variants"]["bbt"]
