@@ -97,6 +97,7 @@ def main() -> int:
     sizes = {r["effective"]["n_prompt_tokens"] for _, r in runs if not args.tasks or r["task"] in args.tasks}
     fitting = {r["task"] for _, r in runs if r["effective"]["n_prompt_tokens"] in sizes}
     lib = build_library(runs, out / "lib", model, tasks=fitting)
+    (out / "retrieved").mkdir(exist_ok=True)
     done_path = out / "loo.json"
     done = json.loads(done_path.read_text()) if done_path.is_file() else {}
     variant = sweep["variants"]["bbt"]
