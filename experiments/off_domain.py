@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from bbt_jax import artifact
 from bbt_jax import config as C
