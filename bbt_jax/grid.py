@@ -206,9 +206,15 @@ def cell_label(results: dict, cell: dict) -> str | None:
 
 
 def _differs(key: str, old, new) -> bool:
-    """Unequal as JSON; in the grid, key order counts too (it names the cells' folders)."""
+    """Unequal as JSON. In the grid, key order counts (it names the cells' folders) but not the order of
+    a key's values: the same cells run in another order."""
     new = json.loads(json.dumps(new))
-    return old != new or (key == "grid" and isinstance(old, dict) and list(old) != list(new))
+    if key == "grid" and isinstance(old, dict) and isinstance(new, dict):
+        def values(v):
+            return sorted(json.dumps(x) for x in v) if isinstance(v, list) else v
+
+        return list(old) != list(new) or any(values(old[k]) != values(new[k]) for k in old)
+    return old != new
 
 
 def check_spec(out: Path, spec: dict) -> None:
@@ -220,7 +226,8 @@ def check_spec(out: Path, spec: dict) -> None:
                  for k in spec if _differs(k, old.get(k), spec[k])]
         if diffs:
             raise UserError(f"--out {out}: holds another sweep ({'; '.join(diffs)}); use a new --out")
-        return
+        if old == json.loads(json.dumps(spec)) or not distributed.is_main():
+            return  # (else the same cells in another order: the file takes the new order)
     if distributed.is_main():
         write_json_atomic(path, spec)
 

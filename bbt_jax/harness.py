@@ -26,7 +26,6 @@ from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
 from bbt_jax.errors import UserError
 from bbt_jax.fitness import Fitness, make_fitness, split_metrics
-from bbt_jax.verbalizer import choose_words
 from bbt_jax.gradient import GradientSearch
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
@@ -36,6 +35,7 @@ from bbt_jax.prompt import Identity, Projection, embedding_std, make_projection
 from bbt_jax.search import Search
 from bbt_jax.strategy import make_strategy, with_refinement
 from bbt_jax.types import Buckets, TokenBatch
+from bbt_jax.verbalizer import choose_words
 
 
 def default_pop_chunk(kind: str, backend: str | None = None, devices: int | None = None) -> int:

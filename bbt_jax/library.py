@@ -19,9 +19,12 @@ the LM head). Computed in float32, jitted, in fixed-shape batches of `EMBED_BATC
 
 Query (`query`, RoSPr's instance vote): every query instance (a few-shot train row of the new task,
 embedded as above with the query's own layout) takes its top-m library keys by cosine similarity
-(ties: lower key index); each hit is one vote for the hit's entry (so one instance may vote several
-times for one entry). Entries rank by votes, then by summed similarity of their hits, then by id; the
-top k with at least one vote are returned. `interpolate` averages their prompts weighted by vote share.
+(ties: the key seen first); each hit is one vote for the hit's entry (so one instance may vote several
+times for one entry). Identical keys are one instance: the entries tuned on one few-shot split (every
+method and seed of a split and layout embeds the same rows alike) share their keys, and a hit on a shared
+key votes for each of them. Entries rank by votes, then by summed similarity of their hits, then by
+their own dev score (what separates the entries that share keys), then by id; the top k with at least
+one vote are returned. `interpolate` averages their prompts weighted by vote share.
 `--exclude-task` drops the query task's own entries first (leave-one-task-out, as in RoSPr's held-out
 tasks); by default they stay and usually win.
 
@@ -225,19 +228,35 @@ def _unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def instance_vote(queries_QxD, keys_MxD, key_entry_M, top_m: int):
-    """RoSPr's instance vote. Each query takes its `top_m` keys by cosine similarity (ties: lower key index);
-    each hit votes for its key's entry. Returns (entry ids, votes, summed similarity), each E, for the
-    entries with >= 1 vote, ranked by votes, then summed similarity, then id."""
-    sim_QxM = _unit(queries_QxD) @ _unit(keys_MxD).T
-    m = min(top_m, sim_QxM.shape[1])
-    top_QxT = np.argsort(-sim_QxM, axis=1, kind="stable")[:, :m]
-    hit_entry = np.asarray(key_entry_M)[top_QxT].ravel()
-    hit_sim = np.take_along_axis(sim_QxM, top_QxT, axis=1).ravel()
-    ids_E = np.unique(hit_entry)
-    votes_E = np.array([(hit_entry == i).sum() for i in ids_E], np.int64)
-    sim_E = np.array([hit_sim[hit_entry == i].sum() for i in ids_E], np.float64)
-    order = np.lexsort((ids_E, -sim_E, -votes_E))
+def instance_vote(queries_QxD, keys_MxD, key_entry_M, top_m: int, dev_E: dict | None = None):
+    """RoSPr's instance vote. Identical keys (the same training row embedded alike: the entries of one
+    split and layout) are one instance shared by their entries. Each query takes its `top_m` distinct keys
+    by cosine similarity (ties: the key seen first); each hit votes once for every entry holding that key.
+    Returns (entry ids, votes, summed similarity), each E, for the entries with >= 1 vote, ranked by votes,
+    then summed similarity, then `dev_E[id]` (the entry's own dev score, higher first: it separates the
+    entries that share their keys), then id."""
+    keys_MxD, key_entry_M = np.asarray(keys_MxD, np.float32), np.asarray(key_entry_M)
+    _, first_U, inverse_M = np.unique(keys_MxD, axis=0, return_index=True, return_inverse=True)
+    order_U = np.argsort(first_U, kind="stable")  # distinct keys in order of first appearance
+    rank_U = np.empty_like(order_U)
+    rank_U[order_U] = np.arange(len(order_U))
+    key_of_M = rank_U[np.asarray(inverse_M).ravel()]
+    holders_U = [np.unique(key_entry_M[key_of_M == u]) for u in range(len(order_U))]
+    sim_QxU = _unit(queries_QxD) @ _unit(keys_MxD[first_U[order_U]]).T
+    m = min(top_m, sim_QxU.shape[1])
+    top_QxT = np.argsort(-sim_QxU, axis=1, kind="stable")[:, :m]
+    votes, sims = {}, {}
+    for q, row in enumerate(top_QxT):
+        for u in row:
+            for e in holders_U[u].tolist():
+                votes[e] = votes.get(e, 0) + 1
+                sims[e] = sims.get(e, 0.0) + float(sim_QxU[q, u])
+    ids_E = np.array(sorted(votes), np.int64)
+    votes_E = np.array([votes[i] for i in ids_E], np.int64)
+    sim_E = np.array([sims[i] for i in ids_E], np.float64)
+    dev = [(dev_E or {}).get(int(i)) for i in ids_E]
+    dev_E_ = np.array([-np.inf if d is None else float(d) for d in dev], np.float64)
+    order = np.lexsort((ids_E, -dev_E_, -sim_E, -votes_E))
     return ids_E[order], votes_E[order], sim_E[order]
 
 
@@ -258,7 +277,8 @@ def query(lib: Library, queries_QxD, target: dict, *, task: str, k: int = 3, top
         raise UserError(f"--library {lib.path}: no entry fits the query's layout {layout_str(target)} ({why})")
     keys_MxD, entry_M = lib.keys
     use_M = np.isin(entry_M, fitting)
-    ids, votes, sims = instance_vote(queries_QxD, keys_MxD[use_M], entry_M[use_M], top_m)
+    ids, votes, sims = instance_vote(queries_QxD, keys_MxD[use_M], entry_M[use_M], top_m,
+                                     dev_E={e["id"]: e.get("dev") for e in lib.entries})
     ranking = []
     for rank, (i, v, s) in enumerate(zip(ids[:k], votes[:k], sims[:k]), start=1):
         e = lib.entry(int(i))

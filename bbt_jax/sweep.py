@@ -31,6 +31,27 @@ from bbt_jax.search import Search, SearchState, absorb_interval
 # Only the projection carries the sweep axis; fitness (frozen model, data) is shared.
 _PROBLEM_AXES = PromptProblem(fitness=None, projection=0)
 
+# member x train-row pairs one call of a seed group may score at once, per backend (None: no bound). On
+# CPU, SmolLM2 peaked at ~6 GB for 4480 pairs (one dbpedia cell: pop 20 x 224 rows) and ~9 GB for 6400
+# (agnews, 5 seeds x 20 x 64); 5 dbpedia seeds in one vmap (22400) went past 24 GB. A gradient row
+# counts GRADIENT_ROW_WEIGHT pairs (the backward pass keeps every layer's activations).
+GROUP_MEMBER_ROWS = {"cpu": 4096}
+GRADIENT_ROW_WEIGHT = 8
+
+
+def group_plan(cells: int, members: int, rows: int, *, gradient: bool = False,
+               budget: int | None = None) -> tuple[int, int]:
+    """(cells per call, population chunk) that keep a seed group's call under `budget` member x row pairs:
+    all cells in one call with the population in chunks where one member per cell fits, else the cells
+    split into calls of as many as fit (gradient searches have one member and always split). Chunk 0:
+    the whole population at once. Without a budget: (cells, 0)."""
+    weight = GRADIENT_ROW_WEIGHT if gradient else 1
+    if budget is None or cells * members * rows * weight <= budget:
+        return cells, 0
+    per_call = max(1, min(cells, budget // (rows * weight)))
+    chunk = max(1, budget // (per_call * rows * weight))
+    return per_call, 0 if gradient or chunk >= members else chunk
+
 
 def stack(trees):
     """Stack pytrees of equal structure along a new leading (sweep) axis."""
@@ -98,28 +119,48 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     when their p0 is the same (the template's, whatever the seed: only the rows differ per cell; their
     search holds x0 = p0), which gives one compilation of the forward+backward interval for the group.
 
+    Memory (--pop-chunk -1, one process): a call scores at most GROUP_MEMBER_ROWS[backend] member x
+    train-row pairs (`group_plan`): the population goes in chunks, or the cells in smaller groups of one
+    shape; results' vmapped (runs, pop_chunk) says what ran.
+
     Under several processes (distributed.py) every process calls it with the same configs: the cells
     are sharded in contiguous blocks over every process's devices (`distributed.block_owners`), the
     process that computes a cell logs it, writes its config, prompt and results (the caller writes
     results.json from the returned dict) and gets its dict; the other processes get None in its
     place. Checkpoints are saved by all processes together (checkpoint.py).
     """
-    from bbt_jax import checkpoint as checkpoint_lib
-    from bbt_jax import train as train_lib
     from bbt_jax.harness import build
 
-    names = [f"seed {c.run.seed}" for c in cfgs]
     hs = [build(c, default_tokenizer=default_tokenizer, model=model, log=lambda s: None) for c in cfgs]
     if any(h.method != hs[0].method for h in hs):
         return None
     if hs[0].gradient and any(not np.array_equal(h.layout.p0, hs[0].layout.p0) for h in hs):
         return None  # a gradient search holds its start x0 = p0: one search serves only cells of one p0
-    lengths = {}
+    lengths, rows = {}, {}
     for split in ("train", "dev"):
         shapes = [[int(b.input_ids_BxL.shape[0]) for b in h.buckets(split)] for h in hs]
         if any(s != shapes[0] for s in shapes):
             return None
+        rows[split] = sum(shapes[0])
         lengths[split] = tuple(max(ls) for ls in zip(*(tasks_lib.bucket_lengths(h.buckets(split)) for h in hs)))
+    chunk, per_call = 0 if hs[0].gradient else hs[0].pop_chunk, len(cfgs)  # a gradient search scores one member
+    if cfgs[0].search.pop_chunk == -1 and distributed.process_count() == 1:  # auto: bounded by the backend's budget
+        members = 1 if hs[0].gradient else (chunk or cfgs[0].search.popsize)
+        per_call, bounded = group_plan(len(cfgs), members, rows["train"], gradient=hs[0].gradient,
+                                       budget=GROUP_MEMBER_ROWS.get(jax.default_backend()))
+        chunk = bounded or chunk
+    if per_call < len(cfgs):
+        log(f"{len(cfgs)} seeds in groups of {per_call} (memory bound: sweep.GROUP_MEMBER_ROWS)")
+    return [r for i in range(0, len(cfgs), per_call)
+            for r in _train_cells(cfgs[i:i + per_call], hs[i:i + per_call], lengths, chunk, log=log,
+                                  zero_shot=zero_shot)]
+
+
+def _train_cells(cfgs, hs, lengths, chunk, *, log, zero_shot):
+    from bbt_jax import checkpoint as checkpoint_lib
+    from bbt_jax import train as train_lib
+
+    names = [f"seed {c.run.seed}" for c in cfgs]
     mesh = distributed.mesh()
     owners = distributed.block_owners(len(cfgs), mesh)
     runs = []
@@ -130,7 +171,7 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
             ckpt = checkpoint_lib.Checkpointer(Path(c.run.out) / checkpoint_lib.CHECKPOINT_DIR, warn=clog)
             runs.append(train_lib.begin(c, ckpt, log=clog, out=c.run.out, h=h, lengths=lengths, dev_init=False,
                                         writer=mine))
-        return _run_group(runs, log=log, zero_shot=zero_shot, mesh=mesh)
+        return _run_group(runs, log=log, zero_shot=zero_shot, mesh=mesh, chunk=chunk)
     finally:
         for r in runs:
             r.ckpt.close()
@@ -170,7 +211,7 @@ def _score_group_on_test(runs: list, zero_shot: bool) -> None:
         mine[0].h.test_metrics(jax.tree.map(lambda *x: jnp.concatenate(x), *prompts))
 
 
-def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list[dict | None]:
+def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: int = 0) -> list[dict | None]:
     from bbt_jax import train as train_lib
 
     search, S = runs[0].search, len(runs)
@@ -187,7 +228,8 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list
             results.append(train_lib.finish(r, zero_shot=zero_shot) if r.writer else None)
         return results
     train_S = PromptProblem(runs[0].train_problem.fitness.replace(
-        data=stack([r.train_problem.fitness.data for r in runs])), stack([r.train_problem.projection for r in runs]))
+        data=stack([r.train_problem.fitness.data for r in runs]), chunk=chunk),
+        stack([r.train_problem.projection for r in runs]))
     dev_S = PromptProblem(runs[0].dev_problem.fitness.replace(
         data=stack([r.dev_problem.fitness.data for r in runs])), stack([r.dev_problem.projection for r in runs]))
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
@@ -220,6 +262,6 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None) -> list
             results.append(None)
             continue
         res = train_lib.finish(r, zero_shot=zero_shot, search_s=group_s / S, test_s=test_s / S)
-        res["vmapped"] = {"runs": S, "search_s": group_s, "seeds": [x.cfg.run.seed for x in runs]}
+        res["vmapped"] = {"runs": S, "search_s": group_s, "seeds": [x.cfg.run.seed for x in runs], "pop_chunk": chunk}
         results.append(res)
     return results

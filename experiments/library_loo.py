@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from bbt_jax import artifact, library
-from bbt_jax import sweep as sweep_lib
 from bbt_jax import config as C
+from bbt_jax import sweep as sweep_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
 from bbt_jax.io import read_json, shared_path, write_json_atomic

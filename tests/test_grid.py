@@ -120,6 +120,10 @@ def test_tiny_sweep_end_to_end(tmp_path, data_dir, capsys):
     err = _err([a if a != "8" else "12" for a in argv], capsys)
     assert "overrides" in err and '"budget": 12' in err
     assert not (out / "seed=42").exists()
+    assert cli.main([a if a != "seed=13,21" else "seed=21,13" for a in argv]) == 0  # the same cells reordered
+    printed = capsys.readouterr().out
+    assert "[1/2] seed=21: done" in printed and "[2/2] seed=13: done" in printed
+    assert json.loads((out / "sweep.json").read_text())["grid"] == {"seed": [21, 13]}
 
 
 def test_seed_groups_gather_cells_that_differ_only_in_seeds():
@@ -244,3 +248,46 @@ def test_vmapped_gradient_seeds_equal_their_solo_runs(tmp_path, data_dir, capsys
         assert b["dev"] == a["dev"] and b["test"] == a["test"] and b["zero_shot_test"] == a["zero_shot_test"]
     c13, c21 = (json.loads((tmp_path / "vmap" / f"seed={s}" / "results.json").read_text())["curve"] for s in (13, 21))
     assert c13[0]["best_loss"] != c21[0]["best_loss"]  # two splits: the cells differ
+
+
+@pytest.mark.parametrize("method", ["bbt", "prompt-tuning"])
+def test_a_memory_bounded_seed_group_equals_its_solo_runs(tmp_path, data_dir, capsys, monkeypatch, method):
+    """Under a member x row budget (sweep.GROUP_MEMBER_ROWS), an ES group scores its population in
+    chunks and a gradient group runs in smaller groups of seeds; each cell still equals its run alone."""
+    from bbt_jax import sweep
+
+    def argv(out, *extra):
+        return ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid", "seed=13,21,42", "--method",
+                method, "--budget", "8", "--eval-every", "4", "--test-rows", "16", "--num-buckets", "1",
+                "--eval-buckets", "1", "--out", str(out), *extra]
+
+    assert cli.main(argv(tmp_path / "solo", "--no-vmap-seeds")) == 0
+    rows = json.loads((tmp_path / "solo" / "seed=13" / "results.json").read_text())["rows"]["train"]["used"]
+    gradient = method == "prompt-tuning"
+    # ES: 3 cells x 2 members fit (tiny RoBERTa's own chunk is 4 on CPU); gradient: 2 cells of 8-weighted rows
+    budget = 2 * rows * sweep.GRADIENT_ROW_WEIGHT if gradient else 3 * 2 * rows
+    monkeypatch.setattr(sweep, "GROUP_MEMBER_ROWS", {jax.default_backend(): budget})
+    assert cli.main(argv(tmp_path / "vmap")) == 0
+    printed = capsys.readouterr().out
+    assert ("3 seeds in groups of 2" in printed) == gradient
+    for seed, runs in zip((13, 21, 42), (2, 2, 1) if gradient else (3, 3, 3), strict=True):
+        a, b = (json.loads((tmp_path / m / f"seed={seed}" / "results.json").read_text()) for m in ("solo", "vmap"))
+        assert b["vmapped"]["runs"] == runs and b["vmapped"]["pop_chunk"] == (0 if gradient else 2)
+        np.testing.assert_allclose([r["best_loss"] for r in b["curve"]], [r["best_loss"] for r in a["curve"]],
+                                   rtol=1e-4, atol=1e-6)
+        assert b["dev"] == a["dev"] and b["test"] == a["test"]
+
+
+@pytest.mark.parametrize("args, plan", [
+    ((5, 20, 64), (5, 0)),  # agnews-like: no bound needed under 8192
+    ((5, 20, 224), (5, 7)),  # dbpedia-like: one member per cell fits, chunks of 8192 // (5 x 224)
+    ((5, 20, 4000), (2, 1)),  # only two cells' rows fit: groups of 2, one member at a time
+    ((5, 1, 224, True), (4, 0)),  # gradient: 8192 // (224 x 8) cells per group
+    ((5, 1, 64, True), (5, 0)),
+])
+def test_group_plan(args, plan):
+    from bbt_jax.sweep import group_plan
+
+    cells, members, rows, *gradient = args
+    assert group_plan(cells, members, rows, gradient=bool(gradient), budget=8192) == plan
+    assert group_plan(cells, members, rows, gradient=bool(gradient), budget=None) == (cells, 0)

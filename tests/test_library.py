@@ -99,6 +99,18 @@ def test_instance_vote_hand_computed():
     np.testing.assert_allclose(sims, [2.0, 1.0, 1.0], atol=1e-6)
 
 
+def test_entries_sharing_their_keys_get_equal_votes_and_rank_by_their_dev_score():
+    """Methods tuned on one split embed the same rows alike: a hit on their shared key votes for each of
+    them, and their own dev score orders them (before: every vote went to the entry added first)."""
+    keys_MxD = np.concatenate([KEYS_MxD, KEYS_MxD[2:4]])  # entry 3 = entry 1's rows (another method)
+    key_entry_M = np.concatenate([KEY_ENTRY_M, [3, 3]])
+    ids, votes, sims = library.instance_vote(QUERIES_QxD, keys_MxD, key_entry_M, top_m=2, dev_E={1: 0.6, 3: 0.8})
+    assert ids.tolist() == [3, 1, 0, 2] and votes.tolist() == [3, 3, 3, 2]  # as the hand-computed vote above
+    np.testing.assert_allclose(sims, [2.8, 2.8, 2.4, 1.8], atol=1e-6)
+    ids, _, _ = library.instance_vote(QUERIES_QxD, keys_MxD, key_entry_M, top_m=2)  # no dev scores: the lower id
+    assert ids.tolist() == [1, 3, 0, 2]
+
+
 LAYOUT = {"placement": "add", "splice": "add", "n_prompt": 2, "hidden": 3, "layers": None}
 
 

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ import numpy as np
 
 from bbt_jax import config as C
 from bbt_jax.io import shared_path
+from bbt_jax.provenance import cpu_model
 from tools.bench import flops as F
 
 REPO = Path(__file__).resolve().parents[2]
@@ -639,26 +639,6 @@ def bench_seed_sweep(cfg, seeds, *, tokenizer_path=None, model=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- main
-def cpu_model() -> str:
-    """lscpu's 'Model name', else /proc/cpuinfo's 'model name', else platform.processor()."""
-    if shutil.which("lscpu"):
-        try:
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
-                                 env={**os.environ, "LC_ALL": "C"}).stdout
-            for line in out.splitlines():
-                if line.strip().startswith("Model name:"):
-                    return line.split(":", 1)[1].strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
     try:
         usable = len(os.sched_getaffinity(0))

@@ -158,7 +158,7 @@ def bench_smollm2(*, data_dir, matmul: float, threads: int, ref_candidates: int,
     device = torch_device()
     sec = _torch_llama_seconds(_torch_llama(quick, mcfg), b, prompts, threads, device) * pop
     src = "random weights of the tiny shape" if quick else "transformers GGUF load"
-    ref = Row(f"SmolLM2 torch reference (1 candidate/call)", label, pop, nrows, pop * real_tokens([b]),
+    ref = Row("SmolLM2 torch reference (1 candidate/call)", label, pop, nrows, pop * real_tokens([b]),
               pop * nrows * longest, sec, pop * F.llama_config_flops(mcfg, nrows, longest, longest),
               note=f"{src}, {ref_candidates} candidates timed, x{pop}; {device}")
     for r in rows[:2]:
