@@ -63,7 +63,7 @@ SEARCH_FIELDS = (
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets", "template", "cue", "label_words",
     "words_per_class",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
-    "eval_every", "dev_init", "dev_tiebreak_loss", "method", "layer_schedule", "refine_at", "refine_sigma",
+    "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "method", "layer_schedule", "refine_at", "refine_sigma",
     "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "clip_norm",
 )
 # Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either; nor may
@@ -96,9 +96,10 @@ def due(checkpoint_every: int, prev_generation: int, generation: int) -> bool:
 def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, where: Path) -> None:
     """Refuse to resume with settings that change the search (names every differing field)."""
     current = config_lib.to_dict(cfg)
-    run = saved.get("run", {})
-    if "data_source" not in run:  # written before --data-source existed: the JSONL splits
-        saved = {**saved, "run": {**run, "data_source": "jsonl", "tfds_name": ""}}
+    # a field added after the checkpoint was written takes its default (a new field's default is the
+    # behaviour before it existed, e.g. --data-source jsonl, --select-by metric)
+    defaults = config_lib.to_dict(config_lib.Config())
+    saved = {g: {**defaults[g], **saved.get(g, {})} for g in config_lib.GROUPS}
     fixed_budget = cfg.search.method in config_lib.GRADIENT_METHODS or cfg.search.refine_at > 0
     fields = SEARCH_FIELDS + (GRADIENT_FIELDS if fixed_budget else ())
     differ = config_lib.diff(saved, current, fields)

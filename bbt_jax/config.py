@@ -145,6 +145,9 @@ class SearchConfig:
                         "never worse on dev than the start")
     dev_tiebreak_loss: bool = _f(False, "on a dev-metric tie, select the candidate with the lower dev loss "
                                  "(bbt.py keeps the earlier one)")
+    select_by: str = _f("metric", "what selects the kept candidate on dev: metric (the task's dev metric, as "
+                        "bbt.py; ties per --dev-tiebreak-loss) or loss (the lower dev loss: a smoother score "
+                        "than the accuracy of a few dev rows)")
     refine_at: float = _f(0.0, "two-stage search (bbt): the strategy runs this fraction of the generations as "
                           "configured, then restarts at the best candidate so far with --refine-sigma for the "
                           "rest, at the same budget (0: off; bbt_jax/refine.py)")
@@ -177,6 +180,8 @@ class SearchConfig:
             raise UserError(f"--rank-ties {self.rank_ties}: choose from ordinal, evosax")
         if self.dev_candidate not in DEV_CANDIDATES:
             raise UserError(f"--dev-candidate {self.dev_candidate}: choose from {', '.join(DEV_CANDIDATES)}")
+        if self.select_by not in ("metric", "loss"):
+            raise UserError(f"--select-by {self.select_by}: choose from metric, loss")
         if self.sigma <= 0:
             raise UserError(f"--sigma {self.sigma}: must be > 0")
         if self.eval_every < 1:

@@ -182,7 +182,8 @@ class Search:
     def _dev_update(self, dev: PromptProblem, state: SearchState, z_K, valid=True):
         """`valid` False (no finite training loss in the interval): score, but never select."""
         loss, metrics = dev.fitness.member(dev.projection(z_K))
-        return select_on_dev(state, z_K, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss, valid=valid)
+        return select_on_dev(state, z_K, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss, valid=valid,
+                             by=self.config.select_by)
 
     def _dev_init(self, dev: PromptProblem, state: SearchState):
         return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z))
@@ -225,12 +226,15 @@ class Search:
         return run_intervals(self, train, dev, state, es_params, history=history, on_interval=on_interval)
 
 
-def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True):
+def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True, by: str = "metric"):
     """bbt.py's dev selection, for every method's state (fields best_dev_perf/loss/z/generation):
     `candidate` (any pytree) replaces the best if its dev metric is strictly better (or equal with a lower
-    dev loss under `tiebreak_loss`), its dev loss is finite and `valid`. Returns (state, dev record)."""
+    dev loss under `tiebreak_loss`), its dev loss is finite and `valid`. `by` "loss": strictly lower dev
+    loss instead (best_dev_perf then holds the selected candidate's metric). Returns (state, dev record)."""
     better = metrics["perf"] > state.best_dev_perf
-    if tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
+    if by == "loss":
+        better = loss < state.best_dev_loss
+    elif tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
         better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
     better = valid & jnp.isfinite(loss) & better  # a candidate whose dev loss is NaN/inf is never selected
     state = state.replace(

@@ -186,3 +186,16 @@ def test_kill_during_save_leaves_no_step(straight, saved):
     (tmp / "state" / "junk").write_bytes(b"half")
     r = Checkpointer(saved).restore(cfg, abstract(cfg))
     assert r.generation == 9 and not tmp.exists()
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_at_its_default(tmp_path):
+    """Fields added after a checkpoint was written (--data-source, --select-by) take their defaults, the
+    behaviour before they existed; a run that sets them otherwise is refused, naming the field."""
+    from bbt_jax.checkpoint import check_resume_config
+
+    cfg = config_lib.tiny()
+    saved = config_lib.to_dict(cfg)
+    del saved["search"]["select_by"], saved["run"]["data_source"], saved["run"]["tfds_name"]
+    check_resume_config(saved, cfg, 1, tmp_path)
+    with pytest.raises(UserError, match=r"select_by \('metric' -> 'loss'\)"):
+        check_resume_config(saved, config_lib.override(cfg, select_by="loss"), 1, tmp_path)

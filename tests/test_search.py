@@ -182,3 +182,30 @@ def test_dev_candidate(candidate):
         z_all = np.concatenate([m[0] for m in members]); l_all = np.concatenate([m[1] for m in members])
         expected = z_all[np.argmin(l_all)]
     np.testing.assert_allclose(np.asarray(state.best_dev_z), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("by, tiebreak, kept", [
+    ("metric", False, [0, 1, 1, 1]),  # higher dev metric only: the tie at 0.75 keeps candidate 1
+    ("metric", True, [0, 1, 2, 2]),  # the tie goes to the lower dev loss (candidate 2)
+    ("loss", False, [0, 0, 2, 3]),  # lower dev loss, whatever the metric (candidate 3: 0.5 acc, loss 0.2)
+])
+def test_select_on_dev_by_metric_or_loss_hand_computed(by, tiebreak, kept):
+    from flax import struct
+
+    from bbt_jax.search import select_on_dev
+
+    @struct.dataclass
+    class S:
+        best_dev_perf: jax.Array
+        best_dev_loss: jax.Array
+        best_dev_z: jax.Array
+        best_dev_generation: jax.Array
+        generation: jax.Array
+
+    state = S(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0))
+    # (dev acc, dev loss) of candidates 0..3, evaluated in order
+    for i, (acc, loss) in enumerate([(0.5, 0.6), (0.75, 0.7), (0.75, 0.4), (0.5, 0.2)]):
+        state, record = select_on_dev(state, jnp.float32(i), jnp.float32(loss),
+                                      {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}, tiebreak_loss=tiebreak, by=by)
+        assert int(state.best_dev_z) == kept[i], (i, by, tiebreak)
+    assert float(state.best_dev_perf) == [0.5, 0.75, 0.75, 0.5][kept[-1]]
