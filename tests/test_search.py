@@ -205,7 +205,7 @@ def test_select_on_dev_by_metric_or_loss_hand_computed(by, tiebreak, kept):
     state = S(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0))
     # (dev acc, dev loss) of candidates 0..3, evaluated in order
     for i, (acc, loss) in enumerate([(0.5, 0.6), (0.75, 0.7), (0.75, 0.4), (0.5, 0.2)]):
-        state, record = select_on_dev(state, jnp.float32(i), jnp.float32(loss),
-                                      {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}, tiebreak_loss=tiebreak, by=by)
+        metrics = {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}
+        state, _ = select_on_dev(state, jnp.float32(i), jnp.float32(loss), metrics, tiebreak_loss=tiebreak, by=by)
         assert int(state.best_dev_z) == kept[i], (i, by, tiebreak)
     assert float(state.best_dev_perf) == [0.5, 0.75, 0.75, 0.5][kept[-1]]

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bbt_jax import config as C
+from bbt_jax import xla_flags
 from bbt_jax.io import shared_path
 from bbt_jax.provenance import cpu_model
 from tools.bench import flops as F
@@ -412,7 +413,7 @@ def bench_roberta(shape: str, *, tokenizer_path, data_dir, quick: bool, matmul: 
             diff = float(np.max(np.abs(losses["bfloat16"] - losses["float32"])))
             rows[-1].extra["max_abs_loss_diff_vs_fp32"] = diff
             rows[-1].note = f"max |loss bf16 - fp32| = {diff:.2e} over {len(losses['float32'])} candidates"
-    if xla_defaults and not on_gpu():
+    if xla_defaults and not on_gpu() and xla_flags.CPU_DEFAULTS:  # no default flag: "ours" is that row
         rows.insert(1, _xla_defaults_row(shape, quick, rows[0]))
 
     # PyTorch references on the same weights, data and candidates (train rows in one batch).
