@@ -159,18 +159,23 @@ def _cell(rows: list[dict], task: str, method: str) -> list[float]:
 
 
 def markdown(rows: list[dict]) -> str:
-    """The test table (methods x tasks, "mean ± std (n)" in %, avg of the task means) and the cost table."""
+    """The test table (methods x tasks, "mean ± std (n)" in %, avg of the task means over the tasks that
+    every method has, so that the averages compare) and the cost table."""
     tasks, methods = _tasks(rows), _methods(rows)
     metrics = sorted({f"{r['task']}: {r['metric']}" for r in rows if r["metric"] != "acc"})
     others = "".join(f", {m}" for m in metrics)
-    lines = [f"Test metric (%), mean ± std over seeds (n runs); accuracy{others}.",
-             "", "| method | " + " | ".join(tasks) + " | avg |", "|---|" + "---|" * (len(tasks) + 1)]
+    common = [t for t in tasks if all(_cell(rows, t, m) for m in methods)]  # the avg's tasks: every method has them
+    head = "avg" if common == tasks else f"avg ({len(common)} of {len(tasks)} tasks)"
+    lines = [f"Test metric (%), mean ± std over seeds (n runs); accuracy{others}."
+             + ("" if common == tasks else f" avg: mean over the tasks every method has ({', '.join(common)})."),
+             "", "| method | " + " | ".join(tasks) + f" | {head} |", "|---|" + "---|" * (len(tasks) + 1)]
     for m in methods:
         cells, means = [], []
         for t in tasks:
             v = _cell(rows, t, m)
             if v:
-                means.append(mean_std(v)[0])
+                if t in common:
+                    means.append(mean_std(v)[0])
                 cells.append(f"{format_mean_std(v)} ({len(v)})")
             else:
                 cells.append("—")

@@ -81,6 +81,16 @@ def test_report_rows_tables_and_plots(runs, capsys):
         assert (runs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_avg_is_over_the_tasks_every_method_has(runs):
+    """A method run on fewer tasks (a table in progress): every avg is over the common tasks only."""
+    write(runs / "sst2-bbtv2-13" / "results.json", results("sst2", "bbtv2", 13, 90))
+    text, _ = report.report([runs], runs)
+    assert "avg: mean over the tasks every method has (sst2)." in text
+    assert "| avg (1 of 2 tasks) |" in text
+    assert "| bbt | 82.0 ± 2.0 (3) | 53.0 ± 2.6 (3) | 82.0 |" in text
+    assert "| bbtv2 | 90.0 ± 0.0 (1) | — | 90.0 |" in text
+
+
 def test_out_folder_and_single_file(runs, tmp_path):
     one = runs / "rte-bbt-13" / "results.json"
     text, files = report.report([one], tmp_path / "elsewhere")
