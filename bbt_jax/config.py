@@ -336,7 +336,19 @@ def demo() -> Config:
                   run=RunConfig(seed=13, out="runs/demo"))
 
 
-PRESETS = {"paper": paper, "paper-bbtv2": paper_bbtv2, "tiny": tiny, "demo": demo}
+def smollm2_sst2() -> Config:
+    """The recommended SmolLM2 setting for sst2 (issue 16), chosen on DEV only: the demo preset with the
+    longer hand-written sentiment cue as p0 (a movie-review cue: for sst2 and yelpp, not other tasks).
+    Among the variants of experiments/search_quality (sst2, 5 seeds, 400 calls: demo, --select-by loss,
+    this cue) its selected candidates scored highest on dev (87.5 vs 83.1 and 81.9, mean over seeds); the
+    rule was fixed before the test scores were read (summary.md there)."""
+    cfg = demo()
+    return dataclasses.replace(cfg, prompt=dataclasses.replace(
+        cfg.prompt, cue="\nOverall, the sentiment of this movie review is"), run=dataclasses.replace(
+        cfg.run, task="sst2", out="runs/smollm2-sst2"))
+
+
+PRESETS = {"paper": paper, "paper-bbtv2": paper_bbtv2, "tiny": tiny, "demo": demo, "smollm2-sst2": smollm2_sst2}
 GROUPS = ("model", "prompt", "search", "gradient", "run")
 
 

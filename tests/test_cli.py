@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bbt_jax import cli
+from bbt_jax import config as config_lib
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = Path("sst2") / "k-shot" / "16-13"  # the tiny preset: sst2, 16 shots, seed 13
@@ -255,3 +256,14 @@ def test_help_lists_every_flag(command, capsys):
     for flag in ("--method", "--layer-schedule", "--optimizer", "--lr", "--prompt-init", "--dev-candidate"):
         assert flag in text
     assert "calls % eval_every" in text  # a literal % in a help text
+
+
+def test_the_sst2_recommendation_is_the_demo_with_the_chosen_cue(capsys):
+    """`--preset smollm2-sst2` (issue 16's choice on dev, experiments/search_quality) resolves to the demo
+    preset with the longer sentiment cue, nothing else (its docstring's claim)."""
+    assert cli.main(["train", "--preset", "smollm2-sst2", "--print-config"]) == 0
+    best = json.loads(capsys.readouterr().out)
+    assert cli.main(["train", "--preset", "demo", "--print-config"]) == 0
+    demo = json.loads(capsys.readouterr().out)
+    assert best["prompt"]["cue"] == "\nOverall, the sentiment of this movie review is"
+    assert config_lib.diff(demo, best, tuple(config_lib.flat_fields())) == ["cue", "out"]
