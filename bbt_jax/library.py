@@ -241,7 +241,8 @@ def instance_vote(queries_QxD, keys_MxD, key_entry_M, top_m: int, dev_E: dict | 
     rank_U = np.empty_like(order_U)
     rank_U[order_U] = np.arange(len(order_U))
     key_of_M = rank_U[np.asarray(inverse_M).ravel()]
-    holders_U = [np.unique(key_entry_M[key_of_M == u]) for u in range(len(order_U))]
+    pairs = np.unique(np.stack([key_of_M, key_entry_M], axis=1), axis=0)  # (key, entry), sorted by key
+    holders_U = np.split(pairs[:, 1], np.flatnonzero(np.diff(pairs[:, 0])) + 1)  # every key has >= 1 holder
     sim_QxU = _unit(queries_QxD) @ _unit(keys_MxD[first_U[order_U]]).T
     m = min(top_m, sim_QxU.shape[1])
     top_QxT = np.argsort(-sim_QxU, axis=1, kind="stable")[:, :m]
@@ -254,9 +255,8 @@ def instance_vote(queries_QxD, keys_MxD, key_entry_M, top_m: int, dev_E: dict | 
     ids_E = np.array(sorted(votes), np.int64)
     votes_E = np.array([votes[i] for i in ids_E], np.int64)
     sim_E = np.array([sims[i] for i in ids_E], np.float64)
-    dev = [(dev_E or {}).get(int(i)) for i in ids_E]
-    dev_E_ = np.array([-np.inf if d is None else float(d) for d in dev], np.float64)
-    order = np.lexsort((ids_E, -dev_E_, -sim_E, -votes_E))
+    dev = np.array([-np.inf if (d := (dev_E or {}).get(int(i))) is None else float(d) for i in ids_E], np.float64)
+    order = np.lexsort((ids_E, -dev, -sim_E, -votes_E))
     return ids_E[order], votes_E[order], sim_E[order]
 
 

@@ -136,17 +136,17 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
         return None
     if hs[0].gradient and any(not np.array_equal(h.layout.p0, hs[0].layout.p0) for h in hs):
         return None  # a gradient search holds its start x0 = p0: one search serves only cells of one p0
-    lengths, rows = {}, {}
+    lengths = {}
     for split in ("train", "dev"):
         shapes = [[int(b.input_ids_BxL.shape[0]) for b in h.buckets(split)] for h in hs]
         if any(s != shapes[0] for s in shapes):
             return None
-        rows[split] = sum(shapes[0])
         lengths[split] = tuple(max(ls) for ls in zip(*(tasks_lib.bucket_lengths(h.buckets(split)) for h in hs)))
     chunk, per_call = 0 if hs[0].gradient else hs[0].pop_chunk, len(cfgs)  # a gradient search scores one member
     if cfgs[0].search.pop_chunk == -1 and distributed.process_count() == 1:  # auto: bounded by the backend's budget
         members = 1 if hs[0].gradient else (chunk or cfgs[0].search.popsize)
-        per_call, bounded = group_plan(len(cfgs), members, rows["train"], gradient=hs[0].gradient,
+        rows = sum(int(b.input_ids_BxL.shape[0]) for b in hs[0].buckets("train"))  # one cell's train rows
+        per_call, bounded = group_plan(len(cfgs), members, rows, gradient=hs[0].gradient,
                                        budget=GROUP_MEMBER_ROWS.get(jax.default_backend()))
         chunk = bounded or chunk
     if per_call < len(cfgs):
