@@ -61,7 +61,8 @@ def _key(raw: str, where: str) -> str:
 
 
 def parse_value(name: str, value, where: str):
-    """A grid value as the field's type (bool: true/false); UserError naming `where` and the value."""
+    """A grid value as the field's type (bool: true/false); UserError naming `where` and the value. A string
+    setting is taken verbatim (a cue's leading newline or a label word's space is part of it)."""
     kind = _field_type(name)
     if isinstance(value, str):
         text = value.strip()
@@ -69,7 +70,7 @@ def parse_value(name: str, value, where: str):
             if text.lower() in ("true", "false"):
                 return text.lower() == "true"
         elif kind is str:
-            return text
+            return value
         else:
             try:
                 return kind(text)
@@ -96,7 +97,7 @@ def parse_items(items: list[str]) -> dict[str, list]:
         name = _key(raw, where)
         if name in grid:
             raise UserError(f"{where}: {name} is already in the grid")
-        grid[name] = [parse_value(name, v, where) for v in values.split(",")]
+        grid[name] = [parse_value(name, v.strip(), where) for v in values.split(",")]  # "a, b" = "a,b"
     return grid
 
 
@@ -206,28 +207,33 @@ def cell_label(results: dict, cell: dict) -> str | None:
 
 
 def _differs(key: str, old, new) -> bool:
-    """Unequal as JSON. In the grid, key order counts (it names the cells' folders) but not the order of
-    a key's values: the same cells run in another order."""
+    """Unequal as JSON, except that a sweep may grow. In the grid, key order counts (it names the cells'
+    folders), a key may gain values and the order of its values does not count (the same cells, in another
+    order); in "variants" new names may be added, but a variant's settings may not change."""
     new = json.loads(json.dumps(new))
     if key == "grid" and isinstance(old, dict) and isinstance(new, dict):
         def values(v):
-            return sorted(json.dumps(x) for x in v) if isinstance(v, list) else v
+            return {json.dumps(x) for x in (v if isinstance(v, list) else [v])}
 
-        return list(old) != list(new) or any(values(old[k]) != values(new[k]) for k in old)
+        return list(old) != list(new) or any(not values(old[k]) <= values(new[k]) for k in old)
+    if key == "variants" and isinstance(old, dict) and isinstance(new, dict):
+        return any(name not in new or new[name] != settings for name, settings in old.items())
     return old != new
 
 
 def check_spec(out: Path, spec: dict) -> None:
-    """Write out/sweep.json, or check that the one there describes the same sweep."""
+    """Write out/sweep.json, or check that the one there describes the same sweep or one it grows into
+    (`_differs`; the file then takes the new spec, and only the new cells run)."""
     path = out / SWEEP_FILE
     if path.is_file():
         old = read_json(path, str(path), "sweep file")
         diffs = [f"{k} {json.dumps(old.get(k))} -> {json.dumps(spec[k])}"
                  for k in spec if _differs(k, old.get(k), spec[k])]
         if diffs:
-            raise UserError(f"--out {out}: holds another sweep ({'; '.join(diffs)}); use a new --out")
+            raise UserError(f"--out {out}: holds another sweep ({'; '.join(diffs)}); a sweep may gain values and "
+                            "variants, not lose or change them: use a new --out")
         if old == json.loads(json.dumps(spec)) or not distributed.is_main():
-            return  # (else the same cells in another order: the file takes the new order)
+            return  # (else more cells or another order: the file takes the new grid)
     if distributed.is_main():
         write_json_atomic(path, spec)
 

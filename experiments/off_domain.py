@@ -4,10 +4,10 @@
         --out experiments/table7/off_domain
 
 Every finished cell of the table on --source (all methods, all seeds) is rebuilt with --task TARGET (the
-target's template and label words around the tuned prompt; its cue placement must take the same number of
-prompt vectors) and scored on the target's first --test-rows test rows, next to the template's own cue
-(the p0 every source cell started from). One process, one input cache for the target rows; one batched
-pass per method (its seeds stacked). Writes <out>/<source>-to-<target>.json and .md.
+target's template and label words around the tuned prompt, with the source run's own --cue if it set one;
+the cue placement must take the same number of prompt vectors) and scored on the target's first --test-rows
+test rows, next to the prompt it started from (p0, per method: a variant may start from another cue). One
+process; one batched pass per method (its seeds stacked). Writes <out>/<source>-to-<target>.json and .md.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def main() -> int:
     model = load("smollm2", "")
     out: dict = {"source": args.source, "target": args.target, "test_rows": args.test_rows, "cpu": cpu_model(),
                  "methods": {}}
-    template = None
     for method in sorted(cells, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99):
         runs = sorted(cells[method], key=lambda x: x[1]["config"]["run"]["seed"])
         saved = [artifact.load_prompt(folder) for folder, _ in runs]
@@ -58,14 +57,13 @@ def main() -> int:
         h = build(cfg, model=model, log=lambda s: None)
         metric = h.task.metric
         prompts = jax.tree.map(lambda *x: jnp.stack(x), *[s.prompt for s in saved])
-        if template is None:  # the hand-written cue every cell started from, on the target rows
-            template = 100 * h.test_metrics(jnp.asarray(h.layout.p0, jnp.float32)[None])[0][metric]
-            out["template"] = template
+        # the hand-written cue this method's cells started from, on the target rows
+        start = 100 * h.test_metrics(jnp.asarray(h.layout.p0, jnp.float32)[None])[0][metric]
         scores = [100 * m[metric] for m in h.test_metrics(prompts)]
         source = [100 * r["test"][test_metric(r)] for _, r in runs]
         out["methods"][method] = {"seeds": [r["config"]["run"]["seed"] for _, r in runs], "target": scores,
-                                  "source": source}
-        print(f"{method}: {args.target} {format_mean_std(scores)} (template {template:.1f}) | {args.source} "
+                                  "source": source, "start": start}
+        print(f"{method}: {args.target} {format_mean_std(scores)} (start {start:.1f}) | {args.source} "
               f"{format_mean_std(source)} | seeds {out['methods'][method]['seeds']}", flush=True)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,13 +74,12 @@ def main() -> int:
              f"--test-rows {args.test_rows} --out {args.out}`; CPU: {out['cpu']}.", "",
              f"The table's {args.source} cells (5 seeds per method), each tuned prompt placed in {args.target}'s "
              f"template (same cue slot) and scored on {args.target}'s first {args.test_rows} test rows (%).", "",
-             f"| method | on {args.source} (test) | on {args.target} | seeds below the template on {args.target} |",
-             "|---|---|---|---|",
-             f"| template (the start prompt) | | {template:.1f} | |"]
+             f"| method | on {args.source} (test) | on {args.target} | its start prompt on {args.target} | seeds below "
+             "their start |", "|---|---|---|---|---|"]
     for method, m in out["methods"].items():
-        below = sum(s < template for s in m["target"])
+        below = sum(s < m["start"] for s in m["target"])
         lines.append(f"| {method} | {format_mean_std(m['source'])} | {format_mean_std(m['target'])} | "
-                     f"{below} of {len(m['target'])} |")
+                     f"{m['start']:.1f} | {below} of {len(m['target'])} |")
     (folder / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -124,6 +124,14 @@ def test_tiny_sweep_end_to_end(tmp_path, data_dir, capsys):
     printed = capsys.readouterr().out
     assert "[1/2] seed=21: done" in printed and "[2/2] seed=13: done" in printed
     assert json.loads((out / "sweep.json").read_text())["grid"] == {"seed": [21, 13]}
+    assert cli.main([a if a != "seed=13,21" else "seed=21,42,13" for a in argv]) == 0  # grown by one seed
+    printed = capsys.readouterr().out
+    assert "[1/3] seed=21: done" in printed and "[3/3] seed=13: done" in printed
+    assert "[2/3] seed=42: test acc" in printed and (out / "seed=42" / "results.json").is_file()
+    assert [(c / "results.json").stat().st_mtime_ns for c in cells] == mtimes
+    assert json.loads((out / "sweep.json").read_text())["grid"] == {"seed": [21, 42, 13]}
+    err = _err(argv, capsys)  # seed 42 left out: a sweep does not shrink
+    assert "holds another sweep" in err and "may gain values" in err
 
 
 def test_seed_groups_gather_cells_that_differ_only_in_seeds():
@@ -192,6 +200,17 @@ def test_variants_are_named_bundles_of_settings(tmp_path, data_dir, capsys):
     assert res["long"]["config"]["search"]["sigma"] == 0.5 and res["short"]["config"]["search"]["sigma"] == 1.0
     assert res["short"]["label"] == "short" and "| short |" in printed and "| long |" in printed
     assert json.loads((out / "sweep.json").read_text())["variants"]["long"] == {"budget": 16, "sigma": 0.5}
+    spec = json.loads((out / "sweep.json").read_text())
+    grown = {**spec, "grid": {"variant": ["short", "long", "cue"], "seed": [13]},
+             "variants": {**spec["variants"], "cue": {"cue": "\nAnswer:"}}}
+    grid.check_spec(out, grown)  # a new variant: the sweep grows
+    assert json.loads((out / "sweep.json").read_text())["variants"]["cue"] == {"cue": "\nAnswer:"}
+    changed = {**grown, "variants": {**grown["variants"], "long": {"budget": 12, "sigma": 0.5}}}
+    with pytest.raises(UserError, match="holds another sweep"):
+        grid.check_spec(out, changed)  # an existing variant's settings may not change
+    f.write_text(json.dumps({"variants": {"nl": {"cue": "\nAnswer:", "label_words": " No, Yes"}}}))
+    assert grid.read_variants(f) == {"nl": {"cue": "\nAnswer:", "label_words": " No, Yes"}}  # strings verbatim
+    assert grid.parse_items(["cue= A: ,B:"]) == {"cue": ["A:", "B:"]}  # on the command line, spaces around commas go
     for bad, match in [({"variants": {"a": {"seed": 1}}, "seed": [13]}, "both in variant"),
                        ({"variants": {"a": {"nope": 1}}}, "unknown setting"),
                        ({"variants": {"a": {}}, "variant": ["b"]}, "not defined"),
