@@ -24,12 +24,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bbt_jax import artifact, library
 from bbt_jax import config as C
 from bbt_jax import sweep as sweep_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
 from bbt_jax.io import read_json, shared_path, write_json_atomic
+from bbt_jax.models import hf
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
 from bbt_jax.report import TASK_ORDER, format_mean_std, load_results, method_label, test_metric
@@ -45,6 +48,11 @@ def table_runs(root: Path) -> list[tuple[Path, dict]]:
         if (res.parent / artifact.CARD_FILE).is_file():
             out.append((res.parent, results))
     return out
+
+
+def backfill(row: dict, retrieved: Path) -> bool:
+    """A finished row that still lacks "retrieved_is_template" (written before it existed)."""
+    return bool(row.get("retrieved_from")) and "retrieved_is_template" not in row and retrieved.is_file()
 
 
 def build_library(runs, lib_dir: Path, model, tasks=None):
@@ -106,15 +114,20 @@ def main() -> int:
         todo = []  # (name, row, cfg) of this task's seeds, run below as ONE vmapped group
         for seed, folder, cold in cells:
             name = f"{task}-{seed}"
-            if name in done:
+            if name in done and not backfill(done[name], out / "retrieved" / f"{name}.safetensors"):
                 continue
-            metric = test_metric(cold)
-            row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
-                   "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
             cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
             if not Path(cfg.run.data_dir).is_dir():
                 cfg = C.override(cfg, data_dir=str(shared_path("data")))
             h = build(cfg, model=model, log=lambda s: None)
+            if name in done:  # a row from before the field existed: compare its retrieved prompt with p0
+                done[name]["retrieved_is_template"] = bool(np.array_equal(
+                    hf.read_prompt_tensor(out / "retrieved" / f"{name}.safetensors"), np.asarray(h.layout.p0)))
+                write_json_atomic(done_path, done)
+                continue
+            metric = test_metric(cold)
+            row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
+                   "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
             try:
                 q = library.query(lib, library.embed_rows(h), library.layout_of(h), task=task, k=3,
                                   top_m=args.top_m, exclude_task=True)
@@ -127,6 +140,9 @@ def main() -> int:
                 continue
             top = q["ranking"][0]
             prompt_NxD, layers = lib.prompt(top["id"])
+            # a retrieved prompt equal to this task's own start (a source run that kept z = 0 on the same cue):
+            # its BBT run is then the cold run again, and the gap between the two measures run-to-run noise
+            row["retrieved_is_template"] = bool(np.array_equal(np.asarray(prompt_NxD), np.asarray(h.layout.p0)))
             init = library.write_prompt(out / "retrieved" / f"{name}.safetensors", prompt_NxD, layers,
                                         {"library": str(lib.path), "entries": [top["id"]]})
             run_cfg = C.override(C.from_dict(cold["config"]), init_prompt=str(init), out=str(out / "runs" / name),
@@ -169,7 +185,7 @@ def table(done: dict, args) -> str:
              "own 16-shot train rows, its own entries excluded; the top entry by instance vote is p0 of a BBT run at "
              "the table's bbt settings and calls. Test metric in % (F1 for mrpc), mean ± std over seeds.", "",
              "| task | template (zero-shot) | retrieved prompt (zero-shot) | cold BBT | retrieval-init BBT | "
-             "retrieved from |", "|---|---|---|---|---|---|"]
+             "retrieved from | seeds whose retrieved prompt IS the template |", "|---|---|---|---|---|---|---|"]
     for task in TASK_ORDER:
         rows = [r for r in done.values() if r["task"] == task]
         if not rows:
@@ -177,8 +193,17 @@ def table(done: dict, args) -> str:
         src = sorted({f"{r['retrieved_from']['task']} {r['retrieved_from']['method']}" for r in rows
                       if r.get("retrieved_from")})
         cols = [format_mean_std(r.get(k) for r in rows) for k in ("template", "retrieved", "cold_bbt", "retrieval_bbt")]
+        same = [r["retrieved_is_template"] for r in rows if "retrieved_is_template" in r]
         lines.append(f"| {task} | {' | '.join(cols)} | "
-                     f"{', '.join(src) or rows[0].get('note', 'none')} |")
+                     f"{', '.join(src) or rows[0].get('note', 'none')} | "
+                     f"{f'{sum(same)} of {len(same)}' if same else '—'} |")
+    if any(r.get("retrieved_is_template") for r in done.values()):
+        lines += ["", "Where the retrieved prompt IS the template (a source run that kept z = 0 on the same cue), "
+                  "retrieval-init BBT is cold BBT run again with the same settings and seeds; the two differ only in "
+                  "floating-point numerics (the process's XLA flags: `environment.xla_flags` in each results.json), "
+                  "which change CMA-ES's eigenbasis of a nearly isotropic covariance and so its samples from the "
+                  "second generation on. Their gap is the run-to-run noise of a 5-seed mean at these calls, the "
+                  "floor under which no retrieval effect in this table can be told apart."]
     return "\n".join(lines)
 
 
