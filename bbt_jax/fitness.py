@@ -98,7 +98,14 @@ def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str =
 
 _prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, buckets), static_argnums=0)
 
-PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently used dropped first)
+PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently used dropped first) ...
+# ... and bytes: a decoder's input cache of 1000 long test rows is GBs (dbpedia's), so a sweep that moves on to
+# another task must drop the previous task's batches, not keep 64 of them (the table's sweep grew to 17 GB)
+PREPARED_CACHE_BYTES = 4 << 30
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict | None):
@@ -109,8 +116,9 @@ def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict 
            str(jax.tree.leaves(frozen["params"])[0].dtype))
     if key not in cache:
         cache[key] = make_fitness(backbone, frozen, (batch,), metric=metric).data
-        while len(cache) > PREPARED_CACHE_BATCHES:
-            cache.pop(next(iter(cache)))
+        while len(cache) > 1 and (len(cache) > PREPARED_CACHE_BATCHES
+                                  or sum(_nbytes(d) for d in cache.values()) > PREPARED_CACHE_BYTES):
+            cache.pop(next(iter(cache)))  # the least recently used; the batch just prepared stays
     data = cache.pop(key)
     cache[key] = data  # most recently used last
     return Fitness(frozen, data, backbone.score, metric=metric), key

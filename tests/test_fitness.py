@@ -130,6 +130,33 @@ def test_prepared_test_batches_are_shared_by_runs_on_one_model(data_dir):
     assert len(c.model.prepared) == entries + len(c.test_batches)
 
 
+def test_the_prepared_cache_is_bounded_in_bytes(data_dir, monkeypatch):
+    """Past PREPARED_CACHE_BYTES the least recently used batches go (another task's first), the batch just
+    prepared stays, and metrics still equal an uncached pass."""
+    from bbt_jax import fitness
+
+    a = harness(data_dir, test_rows=40, eval_batch=16)
+    z_PxK = 3.0 * jax.random.normal(jax.random.PRNGKey(3), (2, a.cfg.prompt.intrinsic_dim))
+    prompts_P = jax.vmap(a.projection)(z_PxK)
+    a.test_metrics(prompts_P)
+    sizes = [fitness._nbytes(d) for d in a.model.prepared.values()]
+    assert len(sizes) == 3 and all(n > 0 for n in sizes)
+    first = list(a.model.prepared)
+    monkeypatch.setattr(fitness, "PREPARED_CACHE_BYTES", sizes[0] + sizes[1])  # room for two of these
+    c = build(C.override(C.tiny(), data_dir=str(data_dir), test_rows=40, eval_batch=16, task="agnews"),
+              model=a.model, default_tokenizer=ROBERTA_TOKENIZER, log=lambda s: None)
+    got = c.test_metrics(jax.vmap(c.projection)(z_PxK))
+    assert got == fitness.split_metrics(c.backbone, c.frozen, c.test_batches, jax.vmap(c.projection)(z_PxK),
+                                        c.task.metric)
+    kept = list(a.model.prepared)
+    assert not set(first) & set(kept)  # sst2's batches went first
+    assert sum(fitness._nbytes(d) for d in a.model.prepared.values()) <= sizes[0] + sizes[1] or len(kept) == 1
+    monkeypatch.setattr(fitness, "PREPARED_CACHE_BYTES", 0)  # even at 0 the batch in use stays
+    assert a.test_metrics(prompts_P) == fitness.split_metrics(a.backbone, a.frozen, a.test_batches, prompts_P,
+                                                              a.task.metric)
+    assert len(a.model.prepared) == 1
+
+
 def test_scored_prompts_are_not_scored_again(data_dir):
     """A prompt already scored on the same rows (the start prompt of every cell of a sweep) is taken from
     the model's `scored` memo: metrics equal an uncached pass, nothing new is computed for it, and equal
