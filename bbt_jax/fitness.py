@@ -99,9 +99,10 @@ def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str =
 _prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, buckets), static_argnums=0)
 
 PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently used dropped first) ...
-# ... and bytes: a decoder's input cache of 1000 long test rows is GBs (dbpedia's), so a sweep that moves on to
-# another task must drop the previous task's batches, not keep 64 of them (the table's sweep grew to 17 GB)
-PREPARED_CACHE_BYTES = 4 << 30
+# ... and bytes: SmolLM2's input cache of 1000 test rows at max_length 256 is 3.9 GiB on dbpedia and 7.0 GiB on
+# yelpp, and a sweep held two tasks' (17 GB in all); 8 GiB keeps one task's whole test set (a smaller bound
+# would prepare every batch again on every pass), and grid.run drops a task's batches when it moves on
+PREPARED_CACHE_BYTES = 8 << 30
 
 
 def _nbytes(tree) -> int:

@@ -286,6 +286,11 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
         if key != loaded["key"]:
             loaded.update(key=key, model=None)  # release the previous model first
             loaded["model"] = load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
+        elif loaded.get("task") != cfg.run.task:
+            # the sweep moved on to another task: the previous task's prepared test batches (the decoder's
+            # input cache of its test rows, GBs for long rows) are not needed again in task-major order
+            loaded["model"].prepared.clear()
+        loaded["task"] = cfg.run.task
         return loaded["model"]
 
     def write(i, results, seconds):

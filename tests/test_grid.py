@@ -11,6 +11,7 @@ import pytest
 from bbt_jax import cli, grid
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
+from tests.conftest import ROBERTA_TOKENIZER
 
 
 def test_values_take_the_field_type():
@@ -310,3 +311,24 @@ def test_group_plan(args, plan):
     cells, members, rows, *gradient = args
     assert group_plan(cells, members, rows, gradient=bool(gradient), budget=8192) == plan
     assert group_plan(cells, members, rows, gradient=bool(gradient), budget=None) == (cells, 0)
+
+
+def test_a_sweep_drops_a_task_s_prepared_test_batches_when_it_moves_on(tmp_path, data_dir, monkeypatch):
+    """The loaded model's prepared batches (test input caches) are kept across the cells of one task and
+    cleared when the sweep reaches the next task (grid.run's model_for)."""
+    import bbt_jax.train
+
+    seen = []
+
+    def fake_train(cfg, *, model, **kw):
+        seen.append((cfg.run.task, sorted(model.prepared)))
+        model.prepared[(cfg.run.task, cfg.run.seed)] = "batch"  # what a test pass would leave there
+        return {"task": cfg.run.task, "test": {"acc": 0.5, "rows": 1}, "dev": {"best_perf": 0.5}, "calls": 0}
+
+    monkeypatch.setattr(bbt_jax.train, "train", fake_train)
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir))
+    g = {"task": ["sst2", "agnews"], "seed": [13, 21]}
+    (tmp_path / "sw").mkdir()
+    grid.run(base, g, tmp_path / "sw", spec={"grid": g}, environment={}, log=lambda s: None, vmap_seeds=False,
+             default_tokenizer=ROBERTA_TOKENIZER)
+    assert seen == [("sst2", []), ("sst2", [("sst2", 13)]), ("agnews", []), ("agnews", [("agnews", 13)])]
