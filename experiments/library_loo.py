@@ -32,7 +32,6 @@ from bbt_jax import sweep as sweep_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
 from bbt_jax.io import read_json, shared_path, write_json_atomic
-from bbt_jax.models import hf
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
 from bbt_jax.report import TASK_ORDER, format_mean_std, load_results, method_label, test_metric
@@ -48,11 +47,6 @@ def table_runs(root: Path) -> list[tuple[Path, dict]]:
         if (res.parent / artifact.CARD_FILE).is_file():
             out.append((res.parent, results))
     return out
-
-
-def backfill(row: dict, retrieved: Path) -> bool:
-    """A finished row that still lacks "retrieved_is_template" (written before it existed)."""
-    return bool(row.get("retrieved_from")) and "retrieved_is_template" not in row and retrieved.is_file()
 
 
 def build_library(runs, lib_dir: Path, model, tasks=None):
@@ -114,17 +108,12 @@ def main() -> int:
         todo = []  # (name, row, cfg) of this task's seeds, run below as ONE vmapped group
         for seed, folder, cold in cells:
             name = f"{task}-{seed}"
-            if name in done and not backfill(done[name], out / "retrieved" / f"{name}.safetensors"):
+            if name in done:
                 continue
             cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
             if not Path(cfg.run.data_dir).is_dir():
                 cfg = C.override(cfg, data_dir=str(shared_path("data")))
             h = build(cfg, model=model, log=lambda s: None)
-            if name in done:  # a row from before the field existed: compare its retrieved prompt with p0
-                done[name]["retrieved_is_template"] = bool(np.array_equal(
-                    hf.read_prompt_tensor(out / "retrieved" / f"{name}.safetensors"), np.asarray(h.layout.p0)))
-                write_json_atomic(done_path, done)
-                continue
             metric = test_metric(cold)
             row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
                    "cold_bbt": 100 * cold["test"][metric], "cold_dev": cold["dev"]["best_perf"]}
