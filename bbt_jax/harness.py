@@ -106,6 +106,10 @@ class Harness:
                 chunk=self.pop_chunk if split == "train" else 0)
         return self._fitness[split, lengths]
 
+    def release_fitness(self) -> None:
+        """Forget the prepared splits (`fitness`); a later call prepares them again."""
+        self._fitness.clear()
+
     @property
     def pop_chunk(self) -> int:
         """--pop-chunk as it takes effect; -1 resolves per backend and model (default_pop_chunk)."""

@@ -94,6 +94,14 @@ class Sweep:
         return states_S, jax.device_get(curves_SxG)
 
 
+def _release_cell_problems(runs: list) -> None:
+    """Drop each run's own prepared train/dev rows (the decoder's input caches: GBs for dbpedia's 448 rows
+    per cell) once the group holds their stacked copy; nothing after the search reads them."""
+    for r in runs:
+        r.train_problem = r.dev_problem = None
+        r.h.release_fitness()
+
+
 def _cell(tree, s: int):
     return jax.tree.map(lambda x: x[s], tree)
 
@@ -233,6 +241,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
     dev_S = PromptProblem(runs[0].dev_problem.fitness.replace(
         data=stack([r.dev_problem.fitness.data for r in runs])), stack([r.dev_problem.projection for r in runs]))
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
+    _release_cell_problems(runs)  # the stack is a copy: each cell's own prepared rows would double the memory
     interval = _cells_interval(search, axes, mesh)
     states_S, es_params_S = stack([r.state for r in runs]), stack([search.es_params() for _ in runs])
     if not runs[0].history and runs[0].cfg.search.dev_init:  # fresh: z = 0 scored on dev, as train() does
@@ -252,6 +261,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
     group_s = time.perf_counter() - t0
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
+    del train_S, dev_S, interval  # the stacked train/dev input caches, before the test rows' are prepared
     _save_all(runs)
     t0 = time.perf_counter()
     _score_group_on_test(runs, zero_shot)

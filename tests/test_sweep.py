@@ -112,3 +112,41 @@ def test_a_seed_group_may_start_each_cell_from_its_own_prompt(tmp_path, data_dir
         assert g["zero_shot_test"] == solo["zero_shot_test"] and g["test"] == solo["test"]
     assert grouped[0]["zero_shot_test"] != grouped[1]["zero_shot_test"] or \
         grouped[0]["curve"][0]["best_loss"] != grouped[1]["curve"][0]["best_loss"]
+
+
+def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(tmp_path, data_dir, monkeypatch):
+    """The group searches on a stacked COPY of its cells' prepared train/dev rows (for a decoder, input caches
+    of GBs: a 3-seed dbpedia group went past 24 GB while it held both); each cell's own copy must be gone by
+    the time the test rows are prepared."""
+    import gc
+    import weakref
+
+    from bbt_jax import config as config_lib
+    from bbt_jax import sweep
+    from bbt_jax import train as train_lib
+    from bbt_jax.models.registry import load
+    from tests.conftest import ROBERTA_TOKENIZER
+
+    model = load("tiny", str(ROBERTA_TOKENIZER))
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), budget=8, eval_every=4, test_rows=16,
+                               num_buckets=1, eval_buckets=1)
+    cfgs = [config_lib.override(base, seed=seed, out=str(tmp_path / str(seed))) for seed in (13, 21)]
+    refs, alive_at_test = [], []
+    begin, score = train_lib.begin, sweep._score_group_on_test
+
+    def recording_begin(*args, **kw):
+        run = begin(*args, **kw)
+        refs.extend(weakref.ref(x) for p in (run.train_problem, run.dev_problem)
+                    for x in jax.tree.leaves(p.fitness.data))
+        return run
+
+    def checking_score(runs, zero_shot):
+        gc.collect()
+        alive_at_test.append(sum(r() is not None for r in refs))
+        return score(runs, zero_shot)
+
+    monkeypatch.setattr(train_lib, "begin", recording_begin)
+    monkeypatch.setattr(sweep, "_score_group_on_test", checking_score)
+    results = sweep.train_group(cfgs, model=model, zero_shot=True, log=lambda s: None)
+    assert results is not None and all(r["vmapped"]["runs"] == 2 for r in results)
+    assert refs and alive_at_test == [0]
