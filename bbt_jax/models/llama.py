@@ -295,14 +295,18 @@ def label_logits_cached(config, params, cache: InputCache, suffix: Suffix, verba
     bias = jnp.concatenate([bias_cache, bias_self], -1)
 
     def layer(h, xs):
-        p, kc, vc, add = xs
+        p, y, add = xs
         if add is not None:
             h = h + add
+        # the cache is indexed, not scanned: under a vmap over cells (sweep.py) scanning it would copy every
+        # cell's whole cache to put the cell axis behind the layer axis
+        kc, vc = (jax.lax.dynamic_index_in_dim(c, y, keepdims=False) for c in (cache.k_YxBxLxQxE, cache.v_YxBxLxQxE))
         q, k, v = _qkv(config, p, h, pos)
         h = h + _attend(config, q, [(kc, vc), (k, v)], bias) @ p["o"]
         return h + _mlp(config, p, h), None
 
-    h, _ = jax.lax.scan(layer, h, (params["layers"], cache.k_YxBxLxQxE, cache.v_YxBxLxQxE, extra))
+    layers = jnp.arange(cache.k_YxBxLxQxE.shape[0])
+    h, _ = jax.lax.scan(layer, h, (params["layers"], layers, extra))
     return _head(config, params, h[:, -1], verbalizer_C)
 
 

@@ -133,6 +133,32 @@ def test_cached_equals_uncached_under_vmap(models):
     assert np.ptp(np.asarray(cached[:, 0, 0])) > 10 * TOL  # prompts matter
 
 
+def test_a_vmapped_group_of_caches_is_not_copied_per_call():
+    """Several cells' input caches (sweep.py: a seed group, vmapped over cells, its population in chunks) are
+    read in place: the compiled scorer's scratch memory stays far below the caches themselves (scanning the
+    cache over layers made XLA copy all of it to put the cell axis behind the layer axis, every call). The
+    shape keeps SmolLM2's proportion: a row's cache (layers x K/V width) dwarfs a member's attention scores."""
+    cfg = llama.LlamaConfig(vocab_size=120, hidden_size=D, intermediate_size=64, num_hidden_layers=8,
+                            num_attention_heads=2, num_key_value_heads=2)
+    params = jax.eval_shape(lambda: llama.init_params(cfg, jax.random.PRNGKey(0)))
+    S, P, B, L, R = 2, 4, 64, 256, N + CUE
+    Y, Q, E = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+    kv = jax.ShapeDtypeStruct((S, Y, B, L, Q, E), jnp.float32)
+    cache = llama.InputCache(kv, kv, jax.ShapeDtypeStruct((S, B, L), jnp.int32))
+    suffix = llama.Suffix(jax.ShapeDtypeStruct((S, B, R), jnp.int32), jax.ShapeDtypeStruct((S, B), jnp.int32), N)
+
+    def cell(params, cache, suffix, prompts_PxNxD):
+        def one(p):
+            return llama.label_logits_cached(cfg, params, cache, suffix, jnp.asarray(VERB), p)
+
+        return jax.lax.map(one, prompts_PxNxD, batch_size=2)
+
+    scorer = jax.jit(jax.vmap(cell, in_axes=(None, 0, 0, 0)))
+    memory = scorer.lower(params, cache, suffix, jax.ShapeDtypeStruct((S, P, N, D), jnp.float32)).compile()
+    cache_bytes = 2 * np.prod(kv.shape) * 4
+    assert memory.memory_analysis().temp_size_in_bytes < cache_bytes / 2  # scanned: 1.2x the caches
+
+
 def test_config_allow_list():
     with pytest.raises(UserError, match="rope_scaling"):
         llama.LlamaConfig.from_hf_dict({"model_type": "llama", "rope_scaling": {"type": "linear"}}, "x")
