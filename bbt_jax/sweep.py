@@ -94,12 +94,37 @@ class Sweep:
         return states_S, jax.device_get(curves_SxG)
 
 
-def _release_cell_problems(runs: list) -> None:
-    """Drop each run's own prepared train/dev rows (the decoder's input caches: GBs for dbpedia's 448 rows
-    per cell) once the group holds their stacked copy; nothing after the search reads them."""
+def _stacked_problems(runs: list, chunk: int) -> tuple[PromptProblem, PromptProblem]:
+    """The group's train and dev problems, each cell's prepared rows stacked on a leading axis. The runs give
+    theirs up (nothing after the search reads them) and the stacking consumes them one leaf at a time, so the
+    group holds its cells' rows (the decoder's input caches: GBs for dbpedia's 448 rows per cell) about once,
+    not twice."""
+    out = []
+    for split in ("train", "dev"):
+        problems = [getattr(r, f"{split}_problem") for r in runs]
+        template = problems[0].fitness.replace(data=None, **({"chunk": chunk} if split == "train" else {}))
+        data, projection = [p.fitness.data for p in problems], stack([p.projection for p in problems])
+        out.append((template, data, projection))
+        del problems
     for r in runs:
         r.train_problem = r.dev_problem = None
         r.h.release_fitness()
+    return tuple(PromptProblem(template.replace(data=stack_consuming(data)), projection)
+                 for template, data, projection in out)
+
+
+def stack_consuming(trees: list):
+    """`stack(trees)` that empties `trees` and drops each input leaf once its stack exists: with no other
+    reference to the inputs, the peak is the result plus one leaf's inputs, not inputs plus result."""
+    treedef = jax.tree.structure(trees[0])
+    leaves = [jax.tree.leaves(t) for t in trees]
+    trees.clear()
+    stacked = []
+    for j in range(len(leaves[0])):
+        stacked.append(jnp.stack([cell[j] for cell in leaves]))
+        for cell in leaves:
+            cell[j] = None
+    return jax.tree.unflatten(treedef, stacked)
 
 
 def _cell(tree, s: int):
@@ -235,13 +260,8 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
             _save_all([r])
             results.append(train_lib.finish(r, zero_shot=zero_shot) if r.writer else None)
         return results
-    train_S = PromptProblem(runs[0].train_problem.fitness.replace(
-        data=stack([r.train_problem.fitness.data for r in runs]), chunk=chunk),
-        stack([r.train_problem.projection for r in runs]))
-    dev_S = PromptProblem(runs[0].dev_problem.fitness.replace(
-        data=stack([r.dev_problem.fitness.data for r in runs])), stack([r.dev_problem.projection for r in runs]))
+    train_S, dev_S = _stacked_problems(runs, chunk)
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
-    _release_cell_problems(runs)  # the stack is a copy: each cell's own prepared rows would double the memory
     interval = _cells_interval(search, axes, mesh)
     states_S, es_params_S = stack([r.state for r in runs]), stack([search.es_params() for _ in runs])
     if not runs[0].history and runs[0].cfg.search.dev_init:  # fresh: z = 0 scored on dev, as train() does

@@ -150,3 +150,18 @@ def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(t
     results = sweep.train_group(cfgs, model=model, zero_shot=True, log=lambda s: None)
     assert results is not None and all(r["vmapped"]["runs"] == 2 for r in results)
     assert refs and alive_at_test == [0]
+
+
+def test_stack_consuming_equals_stack_and_frees_its_inputs():
+    import gc
+    import weakref
+
+    from bbt_jax.sweep import stack_consuming
+
+    trees = [{"a": jnp.full((2, 3), float(i)), "b": (jnp.arange(4) + i, jnp.ones(1) * i)} for i in range(3)]
+    expected = jax.device_get(stack(trees))
+    refs = [weakref.ref(x) for t in trees for x in jax.tree.leaves(t)]
+    got = stack_consuming(trees)
+    gc.collect()
+    assert trees == [] and all(r() is None for r in refs)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), expected)
