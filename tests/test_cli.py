@@ -179,8 +179,9 @@ def _start(data, out, *method):
 
 
 def _kill_after(proc, ckpt: Path, generation: int) -> int:
-    """SIGKILL `proc` as soon as a checkpoint at or past `generation` is committed."""
-    deadline = time.monotonic() + 120
+    """SIGKILL `proc` as soon as a checkpoint at or past `generation` is committed. The deadline only guards
+    against a hang: 120 s ran out once with the suite's two workers sharing 2 cores with two other jobs."""
+    deadline = time.monotonic() + 600
     while _committed(ckpt) < generation:
         assert proc.poll() is None, f"the run ended before generation {generation}"
         assert time.monotonic() < deadline
@@ -205,7 +206,7 @@ def test_sigkill_twice_then_resume_is_exact(data, tmp_path, method):
     second = _kill_after(_start(data, out, *flags), ckpt, 5)
     assert 2 <= first < second < 10 and not (out / "results.json").exists()
     last = _start(data, out, *flags)
-    assert last.wait(timeout=120) == 0 and straight.wait(timeout=120) == 0
+    assert last.wait(timeout=600) == 0 and straight.wait(timeout=600) == 0
     a = json.loads((tmp_path / "straight" / "results.json").read_text())
     b = json.loads((out / "results.json").read_text())
     assert b["resumed_from_generation"] >= second and a["resumed_from_generation"] is None
