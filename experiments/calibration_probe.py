@@ -22,6 +22,7 @@ import numpy as np
 
 from bbt_jax import artifact, harness
 from bbt_jax.fitness import make_fitness, population_logits
+from bbt_jax.objective import accuracy
 
 
 def split_logits(h, batches, prompts_P):
@@ -33,11 +34,6 @@ def split_logits(h, batches, prompts_P):
         labels.append(np.asarray(b.labels_B))
         weights.append(np.asarray(b.weight_B))
     return np.concatenate(out, axis=1), np.concatenate(labels), np.concatenate(weights)
-
-
-def accuracy(logp_BxC, labels_B, weight_B) -> float:
-    real = weight_B > 0
-    return float(np.mean(np.argmax(logp_BxC[real], -1) == labels_B[real]))
 
 
 def main(argv=None) -> int:
@@ -60,7 +56,8 @@ def main(argv=None) -> int:
             logp_tr = jax.nn.log_softmax(lt, -1)[tr_w > 0]
             prior_C = np.log(np.mean(np.exp(logp_tr), 0))
             logp_te = np.asarray(jax.nn.log_softmax(le, -1))
-            row[name] = {"test": accuracy(logp_te, te_y, te_w), "test_cal": accuracy(logp_te - prior_C, te_y, te_w),
+            row[name] = {"test": float(accuracy(logp_te, te_y, te_w)),
+                         "test_cal": float(accuracy(logp_te - prior_C, te_y, te_w)),
                          "train_prior": np.exp(prior_C).round(3).tolist()}
         rows.append(row)
         print(json.dumps(row), flush=True)
