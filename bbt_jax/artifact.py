@@ -32,7 +32,7 @@ import numpy as np
 from bbt_jax import config as config_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import Harness
-from bbt_jax.io import read_json, read_verified, write_bytes_atomic
+from bbt_jax.io import read_json, read_verified, safetensors_bytes, write_bytes_atomic
 from bbt_jax.verbalizer import word_texts
 
 FORMAT = "bbt-jax-prompt/1"
@@ -70,8 +70,6 @@ def _prompt_tensors(prompt) -> dict[str, np.ndarray]:
 def save_prompt(out_dir: str | Path, h: Harness, z, metrics: dict) -> dict[str, Path]:
     """Write prompt.safetensors and prompt.json into `out_dir` for the candidate `z` of the run's method;
     returns both paths."""
-    from safetensors.numpy import save
-
     out_dir = Path(out_dir)
     z = jax.tree.map(lambda x: np.asarray(x, np.float32), z)
     proj = h.projection
@@ -90,9 +88,9 @@ def save_prompt(out_dir: str | Path, h: Harness, z, metrics: dict) -> dict[str, 
         if h.method == "bbtv2":
             projection["layer_stds"] = [float(x) for x in h.layer_stds]
         tensors["z"] = np.asarray(z, np.float32)
-    blob = save({**tensors, "p0": p0_NxD},
-                metadata={"format": FORMAT, "task": h.task.name, "model": h.model.source, "method": h.method,
-                          "projection": json.dumps(projection)})
+    metadata = {"format": FORMAT, "task": h.task.name, "model": h.model.source, "method": h.method,
+                "projection": json.dumps(projection)}
+    blob = safetensors_bytes({**tensors, "p0": p0_NxD}, metadata=metadata)
     write_bytes_atomic(out_dir / TENSORS_FILE, blob)
     tok = h.model.vocab.tokenizer
     card = {

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from bbt_jax.errors import UserError
-from bbt_jax.io import write_bytes_atomic, write_json_atomic
+from bbt_jax.io import safetensors_bytes, write_bytes_atomic, write_json_atomic
 from bbt_jax.tasks import PLACEHOLDER_OFFSET
 
 EXPORTABLE = ("prefix",)  # decoder placements whose logits PEFT prompt tuning reproduces
@@ -103,8 +103,6 @@ def base_model_name(saved, base_model: str | None) -> str:
 def export_peft(saved, out_dir: str | Path, model, *, base_model: str | None = None) -> dict[str, Path]:
     """Write the PEFT prompt-tuning adapter of `saved` (artifact.SavedPrompt; `model` the LoadedModel
     it was tuned on) into `out_dir`; returns both paths."""
-    from safetensors.numpy import save
-
     prompt_NxD = peft_prompt(saved, model)
     config = adapter_config(saved, model, base_model_name(saved, base_model))
     out = Path(out_dir)
@@ -114,8 +112,8 @@ def export_peft(saved, out_dir: str | Path, model, *, base_model: str | None = N
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--peft {out_dir}: cannot create the folder ({e.strerror})") from None
-    blob = save({"prompt_embeddings": np.ascontiguousarray(prompt_NxD)},
-                metadata={"format": "pt", "bbt_jax_prompt": json.dumps(str(saved.path))})
+    blob = safetensors_bytes({"prompt_embeddings": np.ascontiguousarray(prompt_NxD)},
+                             metadata={"format": "pt", "bbt_jax_prompt": json.dumps(str(saved.path))})
     write_bytes_atomic(out / WEIGHTS_FILE, blob)
     write_json_atomic(out / CONFIG_FILE, config)
     return {"config": out / CONFIG_FILE, "weights": out / WEIGHTS_FILE}

@@ -63,6 +63,25 @@ def read_verified(path: str | Path, sha256: str, where: str, against: str) -> by
     return blob
 
 
+def safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """safetensors' bytes of `tensors` with `metadata`, the same bytes in every process.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is seeded per process: the same tensors and
+    metadata saved twice give two files (and two sha256) unless the header is rewritten in one order. The
+    header is re-dumped compact with the metadata's keys sorted and padded with spaces to 8 bytes as
+    safetensors pads it; the tensors' offsets are relative to the data and do not move."""
+    from safetensors.numpy import save
+
+    blob = save(tensors, metadata=metadata)
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | dict(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     """JSON (indent 1, numpy scalars as floats) written atomically."""
     write_bytes_atomic(path, (json.dumps(obj, indent=1, default=float) + "\n").encode())

@@ -53,7 +53,7 @@ import numpy as np
 
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import UserError
-from bbt_jax.io import read_json, read_verified, write_bytes_atomic, write_json_atomic
+from bbt_jax.io import read_json, read_verified, safetensors_bytes, write_bytes_atomic, write_json_atomic
 from bbt_jax.models import splice
 
 FORMAT = "bbt-jax-library/1"
@@ -168,12 +168,11 @@ def open_library(path: str | Path) -> Library:
 
 def save(lib: Library) -> None:
     """Write the arrays under a new generation's name, then the index naming them, then drop old arrays."""
-    from safetensors.numpy import save as st_save
-
     lib.path.mkdir(parents=True, exist_ok=True)
     gen = lib.index["generation"] + 1
     name = f"arrays-{gen:06d}.safetensors"
-    blob = st_save({k: np.ascontiguousarray(v) for k, v in lib.arrays.items()}, metadata={"format": FORMAT})
+    blob = safetensors_bytes({k: np.ascontiguousarray(v) for k, v in lib.arrays.items()},
+                             metadata={"format": FORMAT})
     write_bytes_atomic(lib.path / name, blob)
     lib.index.update(generation=gen, arrays={"file": name, "sha256": hashlib.sha256(blob).hexdigest()})
     write_json_atomic(lib.path / INDEX_FILE, lib.index)
@@ -310,8 +309,6 @@ def interpolate(lib: Library, ranking: list[dict]) -> tuple[np.ndarray, np.ndarr
 def write_prompt(path: str | Path, prompt_NxD, layers_YxNxD=None, metadata: dict | None = None) -> Path:
     """A .safetensors that `train --init-prompt` reads (key "prompt", N x D; "layers" kept for the record:
     --init-prompt sets the input p0 only)."""
-    from safetensors.numpy import save as st_save
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise UserError(f"--write {path}: must end in .safetensors (the file --init-prompt reads)")
@@ -320,8 +317,8 @@ def write_prompt(path: str | Path, prompt_NxD, layers_YxNxD=None, metadata: dict
     tensors = {"prompt": np.asarray(prompt_NxD, np.float32)}
     if layers_YxNxD is not None:
         tensors["layers"] = np.asarray(layers_YxNxD, np.float32)
-    write_bytes_atomic(path, st_save(tensors, metadata={"format": "bbt-jax-retrieved-prompt/1",
-                                                        "retrieval": json.dumps(metadata or {})}))
+    write_bytes_atomic(path, safetensors_bytes(tensors, metadata={"format": "bbt-jax-retrieved-prompt/1",
+                                                                  "retrieval": json.dumps(metadata or {})}))
     return path
 
 

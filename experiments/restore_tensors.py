@@ -1,0 +1,81 @@
+"""Rebuild a finished derivative-free cell's prompt.safetensors from its results.json, checked against its card.
+
+Usage (from the repo root):
+    python experiments/restore_tensors.py experiments/table7/runs/task=dbpedia,variant=bbt,seed=*
+
+The table's cells commit results.json, config.json and prompt.json but not the tensors (.gitignore), so a fresh
+checkout cannot read their prompts (library, inspect, eval). For BBT-style cells the prompt is a function of the
+kept candidate: results.json's best_z, the seed's projection and p0 (artifact.save_prompt). This script rebuilds
+the tensors and records their new sha256 on the card, keeping the old one as tensors.restored.sha256_at_run: the
+old file's bytes cannot be reproduced (safetensors ordered its metadata by a per-process hash seed until
+io.safetensors_bytes), only its tensors. With --library, a cell whose prompt the library holds is checked against
+it (its arrays were read from the lost file): restored only if bitwise equal. Gradient cells (best_z null) keep no
+candidate: they are reported, to be rerun. Cells with tensors already present are left alone.
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bbt_jax import artifact, library
+from bbt_jax import config as C
+from bbt_jax.harness import build
+from bbt_jax.io import shared_path, write_json_atomic
+from bbt_jax.models.registry import load
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cells", nargs="+", help="cell folders (results.json + prompt.json)")
+    p.add_argument("--library", default=None, help="a library folder holding some of these cells' prompts")
+    args = p.parse_args()
+    lib = library.open_library(Path(args.library)) if args.library else None
+    held = {Path(e["run"]).name: e["id"] for e in lib.entries} if lib else {}
+    model, failed = None, 0
+    for folder in map(Path, args.cells):
+        card_path, res_path = folder / artifact.CARD_FILE, folder / "results.json"
+        if not card_path.is_file() or not res_path.is_file():
+            print(f"{folder}: no {artifact.CARD_FILE} or results.json, skipped", file=sys.stderr)
+            failed += 1
+            continue
+        card, results = json.loads(card_path.read_text()), json.loads(res_path.read_text())
+        if (folder / card["tensors"]["file"]).is_file():
+            print(f"{folder.name}: tensors present")
+            continue
+        if results.get("best_z") is None:
+            print(f"{folder.name}: a gradient cell keeps no candidate; rerun it to get its tensors")
+            failed += 1
+            continue
+        cfg = C.from_dict(card["config"])
+        if not Path(cfg.run.data_dir).is_dir():
+            cfg = C.override(cfg, data_dir=str(shared_path("data")))
+        model = model or load(cfg.model.model, cfg.model.tokenizer)
+        h = build(cfg, model=model, log=lambda s: None)
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = artifact.save_prompt(tmp, h, np.asarray(results["best_z"], np.float32), card["metrics"])
+            rebuilt = json.loads(Path(paths["card"]).read_text())
+            check = "not in the library"
+            if folder.name in held:
+                same = np.array_equal(artifact.load_prompt(tmp).prompt_NxD, lib.prompt(held[folder.name])[0])
+                if not same:
+                    print(f"{folder.name}: rebuilt prompt differs from the library's copy; left missing",
+                          file=sys.stderr)
+                    failed += 1
+                    continue
+                check = "bitwise equal to the library's copy"
+            shutil.move(paths["tensors"], folder / card["tensors"]["file"])
+        card["tensors"] = {**rebuilt["tensors"], "restored": {
+            "from": "results.json best_z (experiments/restore_tensors.py)",
+            "sha256_at_run": card["tensors"]["sha256"]}}
+        write_json_atomic(card_path, card)
+        print(f"{folder.name}: tensors restored ({check})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
