@@ -10,7 +10,9 @@ the tensors and records their new sha256 on the card, keeping the old one as ten
 old file's bytes cannot be reproduced (safetensors ordered its metadata by a per-process hash seed until
 io.safetensors_bytes), only its tensors. With --library, a cell whose prompt the library holds is checked against
 it (its arrays were read from the lost file): restored only if bitwise equal. Gradient cells (best_z null) keep no
-candidate: they are reported, to be rerun. Cells with tensors already present are left alone.
+candidate: rerun them into another folder (e.g. `bbt-jax sweep` with the same grid restricted to them, --out DIR)
+and pass --from-rerun DIR: a rerun cell of the same name gives its tensors if its dev and test metrics equal the
+cell's and its training curve agrees within 1e-4 relative. Cells with tensors already present are left alone.
 """
 
 import argparse
@@ -29,10 +31,38 @@ from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
 
 
+def _curves_agree(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(abs(x[k] - y[k]) <= 1e-4 * max(1.0, abs(y[k]))
+                                    for x, y in zip(a, b) for k in y if isinstance(y[k], float))
+
+
+def from_rerun(folder: Path, card: dict, results: dict, rerun_root: str | None) -> bool:
+    """Take a gradient cell's tensors from its rerun when the rerun reproduced it; False otherwise."""
+    rerun = Path(rerun_root or "") / folder.name
+    if not rerun_root or not (rerun / "results.json").is_file():
+        print(f"{folder.name}: a gradient cell keeps no candidate; rerun it and pass --from-rerun", file=sys.stderr)
+        return False
+    again = json.loads((rerun / "results.json").read_text())
+    if again["test"] != results["test"] or again["dev"] != results["dev"] or not _curves_agree(again["curve"],
+                                                                                                results["curve"]):
+        print(f"{folder.name}: the rerun in {rerun} did not reproduce the cell (test {again['test']} vs "
+              f"{results['test']}); left missing", file=sys.stderr)
+        return False
+    rebuilt = json.loads((rerun / artifact.CARD_FILE).read_text())
+    shutil.copy(rerun / rebuilt["tensors"]["file"], folder / card["tensors"]["file"])
+    card["tensors"] = {**rebuilt["tensors"], "restored": {
+        "from": f"a rerun of the cell (experiments/restore_tensors.py --from-rerun): dev and test metrics equal, "
+                "training curve within 1e-4 relative", "sha256_at_run": card["tensors"]["sha256"]}}
+    write_json_atomic(folder / artifact.CARD_FILE, card)
+    print(f"{folder.name}: tensors restored from the rerun {rerun}")
+    return True
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("cells", nargs="+", help="cell folders (results.json + prompt.json)")
     p.add_argument("--library", default=None, help="a library folder holding some of these cells' prompts")
+    p.add_argument("--from-rerun", default=None, help="a sweep folder rerunning some of these (gradient) cells")
     args = p.parse_args()
     lib = library.open_library(Path(args.library)) if args.library else None
     held = {Path(e["run"]).name: e["id"] for e in lib.entries} if lib else {}
@@ -48,8 +78,7 @@ def main() -> int:
             print(f"{folder.name}: tensors present")
             continue
         if results.get("best_z") is None:
-            print(f"{folder.name}: a gradient cell keeps no candidate; rerun it to get its tensors")
-            failed += 1
+            failed += not from_rerun(folder, card, results, args.from_rerun)
             continue
         cfg = C.from_dict(card["config"])
         if not Path(cfg.run.data_dir).is_dir():
