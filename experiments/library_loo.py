@@ -84,6 +84,8 @@ def main() -> int:
     p.add_argument("--tasks", nargs="+", choices=TASK_ORDER, default=None,
                    help="query only these tasks (all by default). A task's result is final once every task whose "
                         "prompts fit its layout (the same cue token count) is complete in the table.")
+    p.add_argument("--no-vmap-seeds", action="store_true",
+                   help="run a task's seeds one by one (less memory: a 5-seed dbpedia group holds 5 input caches)")
     args = p.parse_args()
     root, out = Path(args.root), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,8 @@ def main() -> int:
             continue
         t0 = time.perf_counter()
         # the seeds differ in split, projection, noise and p0 (each its retrieved prompt): one vmapped search
-        results = sweep_lib.train_group([c for _, _, c in todo], model=model, zero_shot=True, log=lambda s: None)
+        results = None if args.no_vmap_seeds else sweep_lib.train_group([c for _, _, c in todo], model=model,
+                                                                         zero_shot=True, log=lambda s: None)
         if results is None:
             results = [train(c, log=lambda s: None, zero_shot=True, out=Path(c.run.out), model=model)
                        for _, _, c in todo]
