@@ -10,7 +10,8 @@ the tensors and records their new sha256 on the card, keeping the old one as ten
 old file's bytes cannot be reproduced (safetensors ordered its metadata by a per-process hash seed until
 io.safetensors_bytes), only its tensors. With --library, a cell whose prompt the library holds is checked against
 it (its arrays were read from the lost file): restored only if bitwise equal. Gradient cells (best_z null) keep no
-candidate: rerun them into another folder (e.g. `bbt-jax sweep` with the same grid restricted to them, --out DIR)
+candidate: a shallow one the library holds is rebuilt from the library's copy (the candidate IS the prompt);
+the others: rerun them into another folder (e.g. `bbt-jax sweep` with the same grid restricted to them, --out DIR)
 and pass --from-rerun DIR: a rerun cell of the same name gives its tensors if its dev and test metrics equal the
 cell's and its training curve agrees within 1e-4 relative. Cells with tensors already present are left alone.
 """
@@ -77,7 +78,7 @@ def main() -> int:
         if (folder / card["tensors"]["file"]).is_file():
             print(f"{folder.name}: tensors present")
             continue
-        if results.get("best_z") is None:
+        if results.get("best_z") is None and folder.name not in held:
             failed += not from_rerun(folder, card, results, args.from_rerun)
             continue
         cfg = C.from_dict(card["config"])
@@ -85,8 +86,12 @@ def main() -> int:
             cfg = C.override(cfg, data_dir=str(shared_path("data")))
         model = model or load(cfg.model.model, cfg.model.tokenizer)
         h = build(cfg, model=model, log=lambda s: None)
+        # a gradient method's candidate is its prompt itself (harness.projection: Identity): the library's copy
+        source = "results.json best_z" if results.get("best_z") is not None else "the library's copy"
+        z = (np.asarray(results["best_z"], np.float32) if results.get("best_z") is not None
+             else np.asarray(lib.prompt(held[folder.name])[0], np.float32))
         with tempfile.TemporaryDirectory() as tmp:
-            paths = artifact.save_prompt(tmp, h, np.asarray(results["best_z"], np.float32), card["metrics"])
+            paths = artifact.save_prompt(tmp, h, z, card["metrics"])
             rebuilt = json.loads(Path(paths["card"]).read_text())
             check = "not in the library"
             if folder.name in held:
@@ -99,10 +104,10 @@ def main() -> int:
                 check = "bitwise equal to the library's copy"
             shutil.move(paths["tensors"], folder / card["tensors"]["file"])
         card["tensors"] = {**rebuilt["tensors"], "restored": {
-            "from": "results.json best_z (experiments/restore_tensors.py)",
+            "from": f"{source} (experiments/restore_tensors.py)",
             "sha256_at_run": card["tensors"]["sha256"]}}
         write_json_atomic(card_path, card)
-        print(f"{folder.name}: tensors restored ({check})")
+        print(f"{folder.name}: tensors restored from {source} ({check})")
     return 1 if failed else 0
 
 
