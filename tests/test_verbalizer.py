@@ -57,13 +57,17 @@ def test_words_are_chosen_on_the_training_rows_as_a_slow_reference(h3, data_dir)
         labels.append(row.label)
     logp, labels = np.asarray(logp), np.asarray(labels)
     score = np.stack([logp[labels == c].mean(0) - logp.mean(0) for c in range(2)])
+
+    def ok(v):
+        text = tok.decode([int(v)])
+        return text.startswith(" ") and len(text) >= 3 and text[1:].isalpha() and text[1:].isascii()
+
     expected, taken = [], set(own.tolist())
     for c in range(2):
         words = [int(own[c])]
+        likely = [int(v) for v in np.argsort(-logp[labels == c].mean(0), kind="stable") if ok(v)][:V.POOL]
         for v in np.argsort(-score[c], kind="stable"):
-            text = tok.decode([int(v)])
-            ok = text.startswith(" ") and len(text) >= 3 and text[1:].isalpha() and text[1:].isascii()
-            if ok and int(v) not in taken and len(words) < 3:
+            if int(v) in likely and int(v) not in taken and len(words) < 3:
                 words.append(int(v))
                 taken.add(int(v))
         expected.append(words)
@@ -71,6 +75,22 @@ def test_words_are_chosen_on_the_training_rows_as_a_slow_reference(h3, data_dir)
     assert got[:, 0].tolist() == own.tolist()  # the task's own word first
     assert got.tolist() == expected
     assert len(set(got.reshape(-1).tolist())) == 6
+
+
+def test_a_rare_word_with_the_highest_contrast_is_outside_the_pool():
+    """Word 4 is ~100x likelier on class 0 than on class 1 but improbable on both (log p -20 vs -29): the
+    bare contrast ranks it first for class 0; the pool (each class's 3 likeliest words) leaves it out."""
+    logp_CxV = np.asarray([[-1.0, -2.0, -4.0, -6.0, -20.0],
+                           [-1.5, -3.0, -1.0, -2.0, -29.0]])
+    score = logp_CxV - logp_CxV.mean(0)
+    mask = np.ones(5, bool)
+    pool = V.pools(logp_CxV, mask, size=3)
+    assert pool.tolist() == [[True, True, True, False, False], [True, False, True, True, False]]
+    assert np.argmax(score[0]) == 4  # the bare contrast would take it
+    assert V.pick(score, np.asarray([0, 2]), mask, 2).tolist() == [[0, 4], [2, 3]]
+    assert V.pick(score, np.asarray([0, 2]), pool, 2).tolist() == [[0, 1], [2, 3]]
+    assert V.pools(logp_CxV, np.asarray([True, False, True, True, True]), size=1).tolist() == [
+        [True, False, False, False, False], [False, False, True, False, False]]
 
 
 def test_pick_skips_taken_words_and_errors_when_short():
