@@ -30,15 +30,15 @@ def _pct(x: float | None) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root")
+    p.add_argument("root", nargs="+", help="sweep folders (their cells' labels name the variants)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     cells = collections.defaultdict(list)
-    for path in find_results([args.root]):
+    for path in find_results(args.root):
         res = load_results(path)
         cells[method_label(res)].append(res)
     if not cells:
-        print(f"error: {args.root}: no results.json", file=sys.stderr)
+        print(f"error: {' '.join(args.root)}: no results.json", file=sys.stderr)
         return 2
     lines = ["| variant | runs | test (%) | start's test | below start | dev of selected | dev of z = 0 | "
              "selected at generation | calls |", "|---|---|---|---|---|---|---|---|---|"]
@@ -56,7 +56,7 @@ def main() -> int:
                      f"{runs[0]['calls']} |")
         if len(runs) == max(len(v) for v in cells.values()) and (best is None or dev > best[1]):
             best = (name, dev)
-    text = (f"Machine: {cpu_model()}. Runs: {args.root}.\n\n" + "\n".join(lines) + "\n\n"
+    text = (f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n\n"
             f"Highest mean dev metric of the selected candidates (variants with every seed): {best[0]} "
             f"({_pct(best[1])}).\n")
     write_bytes_atomic(Path(args.out), text.encode())
