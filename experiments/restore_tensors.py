@@ -52,7 +52,7 @@ def from_rerun(folder: Path, card: dict, results: dict, rerun_root: str | None) 
     rebuilt = json.loads((rerun / artifact.CARD_FILE).read_text())
     shutil.copy(rerun / rebuilt["tensors"]["file"], folder / card["tensors"]["file"])
     card["tensors"] = {**rebuilt["tensors"], "restored": {
-        "from": f"a rerun of the cell (experiments/restore_tensors.py --from-rerun): dev and test metrics equal, "
+        "from": "a rerun of the cell (experiments/restore_tensors.py --from-rerun): dev and test metrics equal, "
                 "training curve within 1e-4 relative", "sha256_at_run": card["tensors"]["sha256"]}}
     write_json_atomic(folder / artifact.CARD_FILE, card)
     print(f"{folder.name}: tensors restored from the rerun {rerun}")
