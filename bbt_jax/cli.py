@@ -183,8 +183,8 @@ def resolve_config(args: argparse.Namespace) -> config_lib.Config:
     fields = config_lib.flat_fields()
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     cfg = config_lib.override(cfg, **overrides)
-    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
-        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    if "data_dir" not in overrides:
+        cfg = config_lib.with_shared_data(cfg)
     return cfg
 
 
@@ -292,8 +292,8 @@ def _harness_of(saved, args: argparse.Namespace, log=lambda s: None, model=None,
     fields = config_lib.flat_fields()
     overrides = {k: v for k, v in vars(args).items() if k in fields}
     cfg = artifact.config_for(saved, **{**overrides, **fixed})
-    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
-        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    if "data_dir" not in overrides:
+        cfg = config_lib.with_shared_data(cfg)
     return build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), model=model, log=log)
 
 
@@ -392,8 +392,8 @@ def _library_query(args: argparse.Namespace, lib) -> int:
     base = config_lib.PRESETS[args.preset]() if args.preset else config_lib.from_dict(lib.entries[0]["config"])
     overrides = {k: v for k, v in vars(args).items() if k in config_lib.flat_fields()}
     cfg = config_lib.override(base, **{**overrides, **library.EMBED_SETTINGS})  # keys: always at p0, fp32
-    if "data_dir" not in overrides and not Path(cfg.run.data_dir).is_dir():
-        cfg = config_lib.override(cfg, data_dir=str(shared_path("data")))
+    if "data_dir" not in overrides:
+        cfg = config_lib.with_shared_data(cfg)
     h = build(cfg, default_tokenizer=shared_path("models/roberta-tokenizer/tokenizer.json"), log=lambda s: None)
     if h.model.source != lib.index["model"]:
         raise UserError(f"--model {cfg.model.model}: the library holds prompts of {lib.index['model']}, "

@@ -385,6 +385,18 @@ def override(cfg: Config, **flat) -> Config:
     return Config(**{g: dataclasses.replace(getattr(cfg, g), **groups[g]) for g in GROUPS})
 
 
+def with_shared_data(cfg: Config) -> Config:
+    """`cfg`, its data_dir pointed at ../shared/data when its own folder does not exist here (a config saved
+    on another machine or working directory)."""
+    from pathlib import Path
+
+    from bbt_jax.io import shared_path
+
+    if Path(cfg.run.data_dir).is_dir():
+        return cfg
+    return override(cfg, data_dir=str(shared_path("data")))
+
+
 def diff(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
     """Flat field names among `keys` whose values differ between two config dicts."""
     fa = {k: v for g in GROUPS for k, v in a.get(g, {}).items()}

@@ -31,7 +31,7 @@ from bbt_jax import config as C
 from bbt_jax import sweep as sweep_lib
 from bbt_jax.errors import UserError
 from bbt_jax.harness import build
-from bbt_jax.io import read_json, shared_path, write_json_atomic
+from bbt_jax.io import read_json, write_json_atomic
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
 from bbt_jax.report import TASK_ORDER, format_mean_std, load_results, method_label, test_metric
@@ -62,8 +62,7 @@ def build_library(runs, lib_dir: Path, model, tasks=None):
             continue
         saved = artifact.load_prompt(folder)
         cfg = artifact.config_for(saved, **library.EMBED_SETTINGS)
-        if not Path(cfg.run.data_dir).is_dir():
-            cfg = C.override(cfg, data_dir=str(shared_path("data")))
+        cfg = C.with_shared_data(cfg)
         h = build(cfg, model=model, log=lambda s: None)
         entry = library.entry_of(saved, h, results)
         entry["method"] = results.get("label") or entry["method"]
@@ -113,8 +112,7 @@ def main() -> int:
             if name in done:
                 continue
             cfg = C.override(C.from_dict(cold["config"]), **library.EMBED_SETTINGS)
-            if not Path(cfg.run.data_dir).is_dir():
-                cfg = C.override(cfg, data_dir=str(shared_path("data")))
+            cfg = C.with_shared_data(cfg)
             h = build(cfg, model=model, log=lambda s: None)
             metric = test_metric(cold)
             row = {"task": task, "seed": seed, "metric": metric, "template": 100 * cold["zero_shot_test"][metric],
@@ -138,8 +136,7 @@ def main() -> int:
                                         {"library": str(lib.path), "entries": [top["id"]]})
             run_cfg = C.override(C.from_dict(cold["config"]), init_prompt=str(init), out=str(out / "runs" / name),
                                  **{k: v for k, v in variant.items() if k in C.flat_fields()})
-            if not Path(run_cfg.run.data_dir).is_dir():
-                run_cfg = C.override(run_cfg, data_dir=str(shared_path("data")))
+            run_cfg = C.with_shared_data(run_cfg)
             row.update(retrieved_from={k: top[k] for k in ("task", "seed", "method", "votes")},
                        ranking=[{k: x[k] for k in ("task", "seed", "method", "votes")} for x in q["ranking"]],
                        cold_calls=cold["calls"])

@@ -1,4 +1,4 @@
-"""Rebuild a finished derivative-free cell's prompt.safetensors from its results.json, checked against its card.
+"""Rebuild a finished cell's lost prompt.safetensors (from results.json, the library or a rerun).
 
 Usage (from the repo root):
     python experiments/restore_tensors.py experiments/table7/runs/task=dbpedia,variant=bbt,seed=*
@@ -28,7 +28,7 @@ import numpy as np
 from bbt_jax import artifact, library
 from bbt_jax import config as C
 from bbt_jax.harness import build
-from bbt_jax.io import shared_path, write_json_atomic
+from bbt_jax.io import write_json_atomic
 from bbt_jax.models.registry import load
 
 
@@ -82,21 +82,20 @@ def main() -> int:
             failed += not from_rerun(folder, card, results, args.from_rerun)
             continue
         cfg = C.from_dict(card["config"])
-        if not Path(cfg.run.data_dir).is_dir():
-            cfg = C.override(cfg, data_dir=str(shared_path("data")))
+        cfg = C.with_shared_data(cfg)
         model = model or load(cfg.model.model, cfg.model.tokenizer)
         h = build(cfg, model=model, log=lambda s: None)
-        # a gradient method's candidate is its prompt itself (harness.projection: Identity): the library's copy
-        source = "results.json best_z" if results.get("best_z") is not None else "the library's copy"
-        z = (np.asarray(results["best_z"], np.float32) if results.get("best_z") is not None
-             else np.asarray(lib.prompt(held[folder.name])[0], np.float32))
+        kept_NxD = lib.prompt(held[folder.name])[0] if folder.name in held else None  # read from the lost file
+        if results.get("best_z") is not None:
+            source, z = "results.json best_z", np.asarray(results["best_z"], np.float32)
+        else:  # a gradient method's candidate is its prompt itself (harness.projection: Identity)
+            source, z = "the library's copy", np.asarray(kept_NxD, np.float32)
         with tempfile.TemporaryDirectory() as tmp:
             paths = artifact.save_prompt(tmp, h, z, card["metrics"])
             rebuilt = json.loads(Path(paths["card"]).read_text())
             check = "not in the library"
-            if folder.name in held:
-                same = np.array_equal(artifact.load_prompt(tmp).prompt_NxD, lib.prompt(held[folder.name])[0])
-                if not same:
+            if kept_NxD is not None:
+                if not np.array_equal(artifact.load_prompt(tmp).prompt_NxD, kept_NxD):
                     print(f"{folder.name}: rebuilt prompt differs from the library's copy; left missing",
                           file=sys.stderr)
                     failed += 1
