@@ -63,11 +63,12 @@ SEARCH_FIELDS = (
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets", "template", "cue", "label_words",
     "words_per_class",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
-    "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "method", "layer_schedule", "refine_at", "refine_sigma",
+    "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "dev_smooth", "method", "layer_schedule", "refine_at",
+    "refine_sigma", "cv_folds",
     "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "clip_norm",
 )
 # Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either; nor may
-# it under a two-stage search (--refine-at: the switch generation is a share of the budget).
+# it under a two-stage search (--refine-at: the switch generation is a share of the budget) or --cv-folds 2.
 GRADIENT_FIELDS = ("budget",)
 
 
@@ -100,7 +101,8 @@ def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, wh
     # behaviour before it existed, e.g. --data-source jsonl, --select-by metric)
     defaults = config_lib.to_dict(config_lib.Config())
     saved = {g: {**defaults[g], **saved.get(g, {})} for g in config_lib.GROUPS}
-    fixed_budget = cfg.search.method in config_lib.GRADIENT_METHODS or cfg.search.refine_at > 0
+    fixed_budget = (cfg.search.method in config_lib.GRADIENT_METHODS or cfg.search.refine_at > 0
+                    or cfg.search.cv_folds > 1)
     fields = SEARCH_FIELDS + (GRADIENT_FIELDS if fixed_budget else ())
     differ = config_lib.diff(saved, current, fields)
     if differ:
@@ -112,6 +114,25 @@ def check_resume_config(saved: dict, cfg: config_lib.Config, generation: int, wh
     if cfg.search.method not in config_lib.GRADIENT_METHODS and cfg.search.generations < generation:
         raise UserError(f"--budget {cfg.search.budget}: {where} already holds {generation * cfg.search.popsize} "
                         f"calls (generation {generation}); pass a budget of at least that, or another --out")
+
+
+def _restore_state(manager, step: int, abstract_state):
+    """The state of `step` as `abstract_state`. A checkpoint written before an optional state field existed
+    (one that is None when its option is off, e.g. SearchState.dev_window) lacks that field on disk: the
+    other fields are restored by name and the state rebuilt with the absent ones None."""
+    def restore(target):
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+
+    try:
+        return restore(abstract_state)
+    except ValueError:
+        absent = [f.name for f in dataclasses.fields(abstract_state) if getattr(abstract_state, f.name) is None] \
+            if dataclasses.is_dataclass(abstract_state) else []
+        if not absent:
+            raise
+    present = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+               if f.name not in absent}
+    return abstract_state.replace(**restore(present))
 
 
 def _files(step_dir: Path) -> dict[str, str]:
@@ -206,8 +227,7 @@ class Checkpointer:
         if abstract_state is None:
             return Restored(generation, history, saved_cfg)
         with _QuietOrbax():
-            state = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+            state = _restore_state(self.manager, step, abstract_state)
         if int(state.generation) != generation or len(history) != generation:
             raise ValueError(f"state at generation {int(state.generation)}, curve of {len(history)}")
         # orbax returns arrays committed to a device, for which the jitted interval would

@@ -148,10 +148,17 @@ class SearchConfig:
     select_by: str = _f("metric", "what selects the kept candidate on dev: metric (the task's dev metric, as "
                         "bbt.py; ties per --dev-tiebreak-loss) or loss (the lower dev loss: a smoother score "
                         "than the accuracy of a few dev rows)")
+    dev_smooth: int = _f(1, "select on the mean dev metric (and loss) of the last W dev evaluations, the "
+                         "candidate being the newest of them: a run of good evaluations rather than one lucky "
+                         "score on a few dev rows (1: off, each evaluation alone as bbt.py)")
     refine_at: float = _f(0.0, "two-stage search (bbt): the strategy runs this fraction of the generations as "
                           "configured, then restarts at the best candidate so far with --refine-sigma for the "
                           "rest, at the same budget (0: off; bbt_jax/refine.py)")
     refine_sigma: float = _f(0.1, "step size of the refinement stage (--refine-at)")
+    cv_folds: int = _f(1, "2: train+dev two-fold cross-validation (bbt): the first half of the generations "
+                       "searches on train and scores its candidates on dev; then the strategy restarts at z = 0 "
+                       "and the second half searches on dev, scoring on train; the candidate with the best "
+                       "held-out score is kept. Same total calls (1: off, train searches, dev selects)")
     pop_chunk: int = _f(-1, "evaluate the population in chunks of this many members inside the one call (0: all "
                         "at once, one vmap; -1: per backend and model, as measured (BENCHMARKS.md): 4 for masked LMs "
                         "on one CPU device, 0 for decoders (their shared input cache wants the one vmap), on "
@@ -182,6 +189,8 @@ class SearchConfig:
             raise UserError(f"--dev-candidate {self.dev_candidate}: choose from {', '.join(DEV_CANDIDATES)}")
         if self.select_by not in ("metric", "loss"):
             raise UserError(f"--select-by {self.select_by}: choose from metric, loss")
+        if self.dev_smooth < 1:
+            raise UserError(f"--dev-smooth {self.dev_smooth}: must be >= 1 (1: off)")
         if self.sigma <= 0:
             raise UserError(f"--sigma {self.sigma}: must be > 0")
         if self.eval_every < 1:
@@ -192,8 +201,25 @@ class SearchConfig:
             raise UserError(f"--refine-sigma {self.refine_sigma}: must be > 0")
         if self.refine_at and self.method != "bbt":
             raise UserError(f"--refine-at {self.refine_at}: the two-stage search is for --method bbt, not {self.method}")
+        if self.cv_folds not in (1, 2):
+            raise UserError(f"--cv-folds {self.cv_folds}: choose 1 (off) or 2 (train and dev swap halfway)")
+        if self.cv_folds > 1 and (self.method != "bbt" or self.refine_at):
+            what = f"--method {self.method}" if self.method != "bbt" else f"--refine-at {self.refine_at}"
+            raise UserError(f"--cv-folds {self.cv_folds}: for --method bbt without --refine-at, not with {what}")
+        if self.cv_folds > 1 and not self.cv_switch:
+            raise UserError(f"--cv-folds {self.cv_folds}: --budget {self.budget} holds fewer than two dev intervals "
+                            f"(--eval-every {self.eval_every}) to split between the folds")
         if self.pop_chunk < -1:
             raise UserError(f"--pop-chunk {self.pop_chunk}: must be >= 0, or -1 (per backend and model)")
+
+    @property
+    def cv_switch(self) -> int:
+        """--cv-folds 2: the generation at which train and dev swap, half the generations rounded down to whole
+        dev intervals (0: off)."""
+        if self.cv_folds < 2:
+            return 0
+        per = self.generations_per_eval
+        return (self.generations // 2) // per * per
 
     @property
     def generations(self) -> int:

@@ -32,7 +32,7 @@ from flax import struct
 
 from bbt_jax.config import GradientConfig, SearchConfig
 from bbt_jax.problem import PromptProblem
-from bbt_jax.search import NONFINITE_LOSS, run_intervals, select_on_dev
+from bbt_jax.search import NONFINITE_LOSS, DevWindow, dev_window, run_intervals, select_on_dev
 from bbt_jax.types import Prompt
 
 
@@ -92,6 +92,7 @@ class GradientState:
     best_dev_generation: jax.Array  # int32, step at which they were scored (-1: none)
     best_train_loss: jax.Array  # float32, lowest finite training loss seen
     nonfinite: jax.Array  # int32, steps whose loss or gradient was non-finite (not applied)
+    dev_window: DevWindow | None = None  # --dev-smooth > 1: the recent dev evaluations (search.select_on_dev)
 
 
 class GradientSearch:
@@ -126,7 +127,8 @@ class GradientSearch:
             generation=jnp.asarray(0, jnp.int32),
             best_dev_perf=jnp.asarray(-jnp.inf, jnp.float32), best_dev_loss=jnp.asarray(jnp.inf, jnp.float32),
             best_dev_z=params, best_dev_generation=jnp.asarray(-1, jnp.int32),
-            best_train_loss=jnp.asarray(jnp.inf, jnp.float32), nonfinite=jnp.asarray(0, jnp.int32))
+            best_train_loss=jnp.asarray(jnp.inf, jnp.float32), nonfinite=jnp.asarray(0, jnp.int32),
+            dev_window=dev_window(self.config.dev_smooth))
 
     # -- one step ----------------------------------------------------------
     def _step(self, train: PromptProblem, state: GradientState):

@@ -33,7 +33,7 @@ from bbt_jax.models.registry import load
 from bbt_jax.problem import PromptProblem
 from bbt_jax.prompt import Identity, Projection, embedding_std, make_projection
 from bbt_jax.search import Search
-from bbt_jax.strategy import make_strategy, with_refinement
+from bbt_jax.strategy import make_strategy, with_refinement, with_restart
 from bbt_jax.types import Buckets, TokenBatch
 from bbt_jax.verbalizer import choose_words
 
@@ -197,7 +197,9 @@ class Harness:
             generations = sequential_generations(s.budget, s.popsize, layers)
         if s.refine_at:
             strategy = with_refinement(strategy, switch=round(s.refine_at * s.generations), sigma=s.refine_sigma)
-        return Search(strategy, config=s, generations=generations, mesh=mesh)
+        if s.cv_switch:
+            strategy = with_restart(strategy, switch=s.cv_switch)
+        return Search(strategy, config=s, generations=generations, mesh=mesh, swap_at=s.cv_switch)
 
     def rows(self, split: str) -> int:
         return len(self.encoded[split])

@@ -1,4 +1,6 @@
 """Two-stage search: the strategy as configured, then a small-step restart at the best candidate so far.
+(`origin="start"`: a fresh restart at z = 0 instead, the second fold of train+dev cross-validation, see
+search.Search's `swap_at`.)
 
 `Refine(inner, switch, sigma)` wraps any evosax strategy whose state keeps a scalar step size `std` and the
 best-so-far `best_solution` / `best_fitness` (CMA_ES, Sep_CMA_ES, xNES, Open_ES, ...; `check_refinable`). Generations
@@ -55,14 +57,16 @@ def check_refinable(es, params) -> None:
 
 
 class Refine:
-    """See the module docstring. `switch`: the generation the refinement starts at (>= 1); `sigma`: its step size."""
+    """See the module docstring. `switch`: the generation the refinement starts at (>= 1); `sigma`: its step size;
+    `origin` "start": restart afresh at z = 0 with the configured step size (`sigma` unused) and no record."""
 
-    def __init__(self, inner, switch: int, sigma: float):
+    def __init__(self, inner, switch: int, sigma: float, origin: str = "best"):
         if switch < 1:
             raise UserError(f"--refine-at: the refinement would start at generation {switch}; needs >= 1")
         self.inner = inner
         self.switch = int(switch)
         self.sigma = float(sigma)
+        self.origin = origin
         self.population_size = inner.population_size
         self.solution = inner.solution
         self.num_dims = inner.num_dims
@@ -79,7 +83,11 @@ class Refine:
         return z_PxK, state.replace(inner=inner)
 
     def restart(self, key, inner, params):
-        """`inner` re-initialised at its best-so-far candidate with step size `sigma`, the record kept."""
+        """`inner` re-initialised at its best-so-far candidate with step size `sigma`, the record kept (origin
+        "start": as at generation 0, at z = 0 with the params' step size, a new fitness)."""
+        if self.origin == "start":
+            fresh = self.inner.init(key, jnp.zeros_like(self.solution), params)
+            return jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), fresh, inner)
         fresh = self.inner.init(key, inner.best_solution, params)
         fresh = fresh.replace(std=jnp.asarray(self.sigma, jnp.asarray(fresh.std).dtype),
                               best_solution=inner.best_solution, best_fitness=inner.best_fitness)

@@ -16,6 +16,14 @@ serially (its run.sh) scores the member evaluated at the call where calls % eval
 == 0, i.e. the last member of the interval's last generation when eval_every is a
 multiple of the population ("at-eval"); our default scores the interval's
 lowest-train-loss candidate ("window-best"). The best-on-dev z is evaluated on test.
+Smoothing (`dev_smooth` W > 1, every method): a candidate is judged by the mean dev metric (and loss) of the
+last W dev evaluations, itself the newest of them (`DevWindow`): one evaluation on a few dev rows is noisy,
+consecutive candidates of one search are near each other, and a run of good evaluations is better evidence.
+
+Train+dev cross-validation (`swap_at` > 0, --cv-folds 2): from generation `swap_at` on (a whole number of
+intervals) the intervals get the two problems swapped (`problems`), so the search runs on the dev rows and
+scores its candidates on the train rows, and the strategy restarts at z = 0 there (strategy.with_restart). The
+best-on-dev record spans both folds: every candidate is judged on rows it was not searched on.
 
 Bounds (`bound` > 0): "transform" is pycma's BoundTransform (cma.bound_transform), as
 bbt.py gets from pycma: the loss is evaluated at the box-transformed z and the strategy
@@ -48,6 +56,24 @@ def _evosax_promotion():
 
 
 @struct.dataclass
+class DevWindow:
+    """The last W dev evaluations (--dev-smooth W > 1): `recent_Wx2` (metric, loss) per evaluation, newest
+    first, NaN where none yet; `best_2` the selected candidate's smoothed (metric, loss)."""
+
+    recent_Wx2: jax.Array  # float32
+    best_2: jax.Array  # float32, (-inf, inf) before the first selection
+
+
+def dev_window(smooth: int) -> DevWindow | None:
+    """The empty window of --dev-smooth `smooth`; None when off (1), so the state keeps its old layout and
+    checkpoints written before the window existed restore unchanged."""
+    if smooth <= 1:
+        return None
+    return DevWindow(recent_Wx2=jnp.full((smooth, 2), jnp.nan, jnp.float32),
+                     best_2=jnp.asarray([-jnp.inf, jnp.inf], jnp.float32))
+
+
+@struct.dataclass
 class SearchState:
     es_state: object  # evosax state
     key: jax.Array  # PRNG key, split every generation
@@ -62,6 +88,7 @@ class SearchState:
     last_loss: jax.Array  # float32, training loss of the last member evaluated (bbt.py's "at-eval" candidate)
     last_z: jax.Array  # that member
     nonfinite: jax.Array  # int32, non-finite losses seen so far
+    dev_window: DevWindow | None = None  # --dev-smooth > 1: the recent dev evaluations (select_on_dev)
 
 
 def _step_size(es_state) -> jax.Array:
@@ -78,11 +105,12 @@ class Search:
     (the loss and the population chunk belong to the fitness); `mesh`: shard the
     population axis over the mesh's first axis (several devices, or every process's devices:
     distributed.mesh()), outputs replicated; None: one device; `generations`: the
-    number of generations where the method counts them otherwise (BBTv2's rounds; default budget // popsize).
+    number of generations where the method counts them otherwise (BBTv2's rounds; default budget // popsize);
+    `swap_at`: the generation from which train and dev swap roles (cross-validation; 0: never).
     """
 
     def __init__(self, strategy: Strategy, *, config: SearchConfig, mesh: jax.sharding.Mesh | None = None,
-                 generations: int | None = None):
+                 generations: int | None = None, swap_at: int = 0):
         self.strategy = strategy
         self.es = strategy.es
         self.mesh = mesh
@@ -91,6 +119,9 @@ class Search:
         self.total_generations = config.generations if generations is None else int(generations)
         self.generations_per_eval = config.generations_per_eval
         self.num_intervals = -(-self.total_generations // self.generations_per_eval)
+        if swap_at % self.generations_per_eval:
+            raise ValueError(f"swap_at {swap_at}: not a multiple of the interval ({self.generations_per_eval})")
+        self.swap_at = int(swap_at)
         if config.dev_candidate == "mean":
             with _evosax_promotion():
                 shape = jax.eval_shape(self.es.init, jax.random.PRNGKey(0), self.solution, self.es_params())
@@ -124,7 +155,7 @@ class Search:
             best_train_loss=jnp.asarray(jnp.inf, jnp.float32),
             window_loss=jnp.asarray(jnp.inf, jnp.float32), window_z=z0,
             last_loss=jnp.asarray(jnp.inf, jnp.float32), last_z=z0,
-            nonfinite=jnp.asarray(0, jnp.int32))
+            nonfinite=jnp.asarray(0, jnp.int32), dev_window=dev_window(self.config.dev_smooth))
 
     # -- one generation ----------------------------------------------------
     def _generation(self, train: PromptProblem, es_params, state: SearchState):
@@ -209,6 +240,11 @@ class Search:
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
 
+    def problems(self, train, dev, generation: int) -> tuple:
+        """(searched, scored) for the interval that starts at `generation`: (train, dev), or swapped in the
+        second fold of the cross-validation (`swap_at`). Host side: the interval's arguments."""
+        return (dev, train) if self.swap_at and generation >= self.swap_at else (train, dev)
+
     # -- host loop ---------------------------------------------------------
     def curve_row(self, t: int, gens, j: int) -> dict:
         """The curve's row of generation t from the interval's host metrics (`gens`, index j): calls, the
@@ -227,23 +263,39 @@ class Search:
 
 
 def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True, by: str = "metric"):
-    """bbt.py's dev selection, for every method's state (fields best_dev_perf/loss/z/generation):
+    """bbt.py's dev selection, for every method's state (fields best_dev_perf/loss/z/generation, dev_window):
     `candidate` (any pytree) replaces the best if its dev metric is strictly better (or equal with a lower
     dev loss under `tiebreak_loss`), its dev loss is finite and `valid`. `by` "loss": strictly lower dev
-    loss instead (best_dev_perf then holds the selected candidate's metric). Returns (state, dev record)."""
-    better = metrics["perf"] > state.best_dev_perf
+    loss instead (best_dev_perf then holds the selected candidate's metric). With a `DevWindow` (--dev-smooth)
+    the comparison uses the mean (metric, loss) of the window's evaluations, this one included (a valid,
+    finite one enters the window); best_dev_perf/loss keep the selected candidate's own scores.
+    Returns (state, dev record)."""
+    ok = valid & jnp.isfinite(loss)  # a candidate whose dev loss is NaN/inf is never selected
+    perf, score_loss, best_perf, best_loss = metrics["perf"], loss, state.best_dev_perf, state.best_dev_loss
+    window = getattr(state, "dev_window", None)
+    if window is not None:
+        shifted = jnp.concatenate([jnp.stack([perf, loss]).astype(jnp.float32)[None], window.recent_Wx2[:-1]])
+        recent = jnp.where(ok, shifted, window.recent_Wx2)
+        perf, score_loss = jnp.nanmean(recent[:, 0]), jnp.nanmean(recent[:, 1])
+        best_perf, best_loss = window.best_2[0], window.best_2[1]
+    better = perf > best_perf
     if by == "loss":
-        better = loss < state.best_dev_loss
+        better = score_loss < best_loss
     elif tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
-        better |= (metrics["perf"] == state.best_dev_perf) & (loss < state.best_dev_loss)
-    better = valid & jnp.isfinite(loss) & better  # a candidate whose dev loss is NaN/inf is never selected
+        better |= (perf == best_perf) & (score_loss < best_loss)
+    better = ok & better
     state = state.replace(
         best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),
         best_dev_loss=jnp.where(better, loss, state.best_dev_loss),
         best_dev_z=jax.tree.map(lambda new, old: jnp.where(better, new, old), candidate, state.best_dev_z),
         best_dev_generation=jnp.where(better, state.generation, state.best_dev_generation))
-    return state, {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
-                   "best_dev_perf": state.best_dev_perf, "improved": better}
+    record = {"dev_loss": loss, "dev_perf": metrics["perf"], "dev_acc": metrics["acc"],
+              "best_dev_perf": state.best_dev_perf, "improved": better}
+    if window is not None:
+        best_2 = jnp.where(better, jnp.stack([perf, score_loss]), window.best_2)
+        state = state.replace(dev_window=DevWindow(recent_Wx2=recent, best_2=best_2))
+        record["smoothed_perf"] = perf
+    return state, record
 
 
 def run_intervals(search, train, dev, state, es_params, *, history: list | None = None,
@@ -256,11 +308,18 @@ def run_intervals(search, train, dev, state, es_params, *, history: list | None 
     interval with host values (logging, checkpoints)."""
     history = [] if history is None else history
     while len(history) < search.total_generations:
-        state, out = search.interval(train, dev, es_params, state)
+        state, out = search.interval(*fold(search, train, dev, len(history)), es_params, state)
         record = absorb_interval(search, history, jax.device_get(out))  # the one host sync of this interval
         if on_interval is not None:
             on_interval(state, history, record)
     return state, history
+
+
+def fold(search, train, dev, generation: int) -> tuple:
+    """The interval's (searched, scored) problems: `search.problems` where the search swaps them (Search's
+    cross-validation), else (train, dev)."""
+    problems = getattr(search, "problems", None)
+    return (train, dev) if problems is None else problems(train, dev, generation)
 
 
 def absorb_interval(search, history: list, out: dict) -> dict:
@@ -274,5 +333,7 @@ def absorb_interval(search, history: list, out: dict) -> dict:
               "dev_acc": float(d["dev_acc"]), "dev_loss": float(d["dev_loss"]),
               "best_dev_perf": float(d["best_dev_perf"]), "improved": bool(d["improved"]),
               "best_train_loss": float(out["best_train_loss"]), "nonfinite": int(out["nonfinite"])}
+    if "smoothed_perf" in d:  # --dev-smooth: the mean dev metric of the window that judged this candidate
+        record["smoothed_perf"] = float(d["smoothed_perf"])
     history[-1]["dev"] = record
     return record

@@ -131,3 +131,9 @@ def with_refinement(strategy: Strategy, *, switch: int, sigma: float) -> Strateg
     so far from generation `switch` on, with step size `sigma`."""
     check_refinable(strategy.es, strategy.params())
     return dataclasses.replace(strategy, es=Refine(strategy.es, switch, sigma))
+
+
+def with_restart(strategy: Strategy, *, switch: int) -> Strategy:
+    """The same strategy restarted afresh at z = 0 from generation `switch` on (refine.Refine, origin "start"):
+    the second fold of train+dev cross-validation (search.Search's `swap_at`)."""
+    return dataclasses.replace(strategy, es=Refine(strategy.es, switch, strategy.sigma, origin="start"))

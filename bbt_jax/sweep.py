@@ -87,8 +87,9 @@ class Sweep:
         """Run every interval; `*_S` carry stacked projections. Returns (states_S, curves_SxG) with
         curves_SxG[s] = best loss per generation."""
         curves: list = []
-        for _ in range(self.search.num_intervals):
-            states_S, out = self.interval(train_S, dev_S, es_params_S, states_S)
+        for i in range(self.search.num_intervals):
+            states_S, out = self.interval(*self.search.problems(train_S, dev_S, i * self.search.generations_per_eval),
+                                          es_params_S, states_S)
             curves.append(out["generations"]["best_loss"])
         curves_SxG = jnp.concatenate(curves, axis=1)[:, :self.search.total_generations]
         return states_S, jax.device_get(curves_SxG)
@@ -272,8 +273,14 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
     t0 = time.perf_counter()
     for r in runs:
         r.start_clock()
+    swapped = None  # the interval with the problems' axes swapped (cross-validation's second fold)
     while len(runs[0].history) < search.total_generations:
-        states_S, out = interval(train_S, dev_S, es_params_S, states_S)
+        problems = search.problems(train_S, dev_S, len(runs[0].history))
+        if problems[0] is dev_S:
+            swapped = swapped or _cells_interval(search, axes[::-1], mesh)
+            states_S, out = swapped(*problems, es_params_S, states_S)
+        else:
+            states_S, out = interval(*problems, es_params_S, states_S)
         out = jax.device_get(out)  # the one host sync of this interval, for every run
         for s, r in enumerate(runs):
             record = absorb_interval(search, r.history, _cell(out, s))
@@ -281,7 +288,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
     group_s = time.perf_counter() - t0
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
-    del train_S, dev_S, interval  # the stacked train/dev input caches, before the test rows' are prepared
+    del train_S, dev_S, interval, swapped  # the stacked train/dev input caches, before the test rows' are prepared
     _save_all(runs)
     t0 = time.perf_counter()
     _score_group_on_test(runs, zero_shot)

@@ -101,26 +101,32 @@ def test_round_trip_is_typed_and_bitwise(straight, saved):
     assert r.config == config_lib.to_dict(cfg)
 
 
-def test_resume_mid_run_equals_straight_run(straight, problem, tmp_path):
-    """Stop after generation 4 of 9, restore in a new Checkpointer, finish: the same state and curve."""
-    cfg = straight["cfg"]
+def stop_and_resume(cfg, problem, folder, stop_at=4):
+    """Run `cfg` from scratch saving every interval, stop after generation `stop_at`, restore in a new
+    Checkpointer and finish; returns (the restored checkpoint, final state, curve, search)."""
     s = make_search(cfg)
-    ck = Checkpointer(tmp_path)
+    ck = Checkpointer(folder)
 
-    class Stop(Exception):
+    class Stop(Exception):  # noqa: N818 - a signal, not an error
         pass
 
     def on_interval(state, history, record):
         ck.save(state, history, cfg)
-        if len(history) >= 4:
+        if len(history) >= stop_at:
             raise Stop
 
     with pytest.raises(Stop):
         s.run(problem, problem, s.init(jax.random.PRNGKey(0)), on_interval=on_interval)
     ck.close()
-    r = Checkpointer(tmp_path).restore(cfg, abstract(cfg))
-    assert r.generation == 4
+    r = Checkpointer(folder).restore(cfg, abstract(cfg))
     resumed, hist = s.run(problem, problem, r.state, history=r.history)
+    return r, resumed, hist, s
+
+
+def test_resume_mid_run_equals_straight_run(straight, problem, tmp_path):
+    """Stop after generation 4 of 9, restore in a new Checkpointer, finish: the same state and curve."""
+    r, resumed, hist, s = stop_and_resume(straight["cfg"], problem, tmp_path)
+    assert r.generation == 4
     assert leaves_equal(resumed, straight["state"])
     assert hist == straight["history"]
     assert s.interval._cache_size() == 1  # the restored state does not recompile the interval
@@ -199,3 +205,27 @@ def test_a_checkpoint_older_than_a_setting_resumes_at_its_default(tmp_path):
     check_resume_config(saved, cfg, 1, tmp_path)
     with pytest.raises(UserError, match=r"select_by \('metric' -> 'loss'\)"):
         check_resume_config(saved, config_lib.override(cfg, select_by="loss"), 1, tmp_path)
+
+
+def test_a_checkpoint_written_before_the_dev_window_restores(straight, tmp_path):
+    """Checkpoints of earlier versions lack SearchState.dev_window (None unless --dev-smooth): a step saved
+    without that field comes back as the same state, typed."""
+    cfg, state = straight["cfg"], straight["state"]
+    assert state.dev_window is None
+    old_layout = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "dev_window"}
+    ck = Checkpointer(tmp_path)
+    ck.save(old_layout, straight["history"], cfg)
+    ck.close()
+    r = Checkpointer(tmp_path).restore(cfg, abstract(cfg))
+    assert isinstance(r.state, SearchState) and r.state.dev_window is None
+    assert leaves_equal(r.state, state)
+
+
+def test_resume_with_dev_smooth_equals_straight_run(problem, tmp_path):
+    """--dev-smooth keeps its window in the state: a run stopped and resumed mid-way keeps the same one."""
+    cfg = make_cfg(dev_smooth=3, eval_every=4)
+    s = make_search(cfg)
+    straight, straight_hist = s.run(problem, problem, s.init(jax.random.PRNGKey(0)))
+    r, resumed, hist, _ = stop_and_resume(cfg, problem, tmp_path)
+    assert r.generation == 4 and r.state.dev_window is not None
+    assert leaves_equal(resumed, straight) and hist == straight_hist

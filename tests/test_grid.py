@@ -332,3 +332,21 @@ def test_a_sweep_drops_a_task_s_prepared_test_batches_when_it_moves_on(tmp_path,
     grid.run(base, g, tmp_path / "sw", spec={"grid": g}, environment={}, log=lambda s: None, vmap_seeds=False,
              default_tokenizer=ROBERTA_TOKENIZER)
     assert seen == [("sst2", []), ("sst2", [("sst2", 13)]), ("agnews", []), ("agnews", [("agnews", 13)])]
+
+
+def test_vmapped_cross_validated_seeds_equal_their_solo_runs(tmp_path, data_dir, capsys):
+    """--cv-folds 2 in a seed group: the second fold's interval (train and dev swapped) runs vmapped too, and
+    each cell's curve, selection and test equal its run alone."""
+    def argv(out, *extra):
+        return ["sweep", "--preset", "tiny", "--data-dir", str(data_dir), "--grid", "seed=13,21", "--cv-folds", "2",
+                "--budget", "16", "--eval-every", "4", "--test-rows", "16", "--out", str(out), *extra]
+
+    assert cli.main(argv(tmp_path / "solo", "--no-vmap-seeds")) == 0
+    assert cli.main(argv(tmp_path / "vmap")) == 0
+    assert "seeds vmapped]" in capsys.readouterr().out
+    for seed in (13, 21):
+        a, b = (json.loads((tmp_path / m / f"seed={seed}" / "results.json").read_text()) for m in ("solo", "vmap"))
+        assert b["vmapped"]["runs"] == 2 and b["effective"]["cv_folds"] == 2
+        np.testing.assert_allclose([r["best_loss"] for r in b["curve"]], [r["best_loss"] for r in a["curve"]],
+                                   rtol=1e-4, atol=1e-6)
+        assert b["dev"] == a["dev"] and b["test"] == a["test"]

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
 from bbt_jax.config import SearchConfig
 from bbt_jax.fitness import Fitness, make_eval_data
@@ -184,28 +185,129 @@ def test_dev_candidate(candidate):
     np.testing.assert_allclose(np.asarray(state.best_dev_z), expected, rtol=1e-5, atol=1e-6)
 
 
+@struct.dataclass
+class DevState:
+    """The fields select_on_dev reads and writes, alone."""
+
+    best_dev_perf: jax.Array
+    best_dev_loss: jax.Array
+    best_dev_z: jax.Array
+    best_dev_generation: jax.Array
+    generation: jax.Array
+    dev_window: object = None
+
+
 @pytest.mark.parametrize("by, tiebreak, kept", [
     ("metric", False, [0, 1, 1, 1]),  # higher dev metric only: the tie at 0.75 keeps candidate 1
     ("metric", True, [0, 1, 2, 2]),  # the tie goes to the lower dev loss (candidate 2)
     ("loss", False, [0, 0, 2, 3]),  # lower dev loss, whatever the metric (candidate 3: 0.5 acc, loss 0.2)
 ])
 def test_select_on_dev_by_metric_or_loss_hand_computed(by, tiebreak, kept):
-    from flax import struct
-
     from bbt_jax.search import select_on_dev
 
-    @struct.dataclass
-    class S:
-        best_dev_perf: jax.Array
-        best_dev_loss: jax.Array
-        best_dev_z: jax.Array
-        best_dev_generation: jax.Array
-        generation: jax.Array
-
-    state = S(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0))
+    state = DevState(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0))
     # (dev acc, dev loss) of candidates 0..3, evaluated in order
     for i, (acc, loss) in enumerate([(0.5, 0.6), (0.75, 0.7), (0.75, 0.4), (0.5, 0.2)]):
         metrics = {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}
         state, _ = select_on_dev(state, jnp.float32(i), jnp.float32(loss), metrics, tiebreak_loss=tiebreak, by=by)
         assert int(state.best_dev_z) == kept[i], (i, by, tiebreak)
     assert float(state.best_dev_perf) == [0.5, 0.75, 0.75, 0.5][kept[-1]]
+
+
+def smoothed_choice(evals, w, tiebreak=True):
+    """Slow reference of --dev-smooth: `evals` (metric, loss, valid) in order; an evaluation is judged by the
+    mean metric/loss of the last `w` valid evaluations up to it (itself included); returns the index kept."""
+    window, kept, best = [], -1, (-np.inf, np.inf)
+    for i, (perf, loss, valid) in enumerate(evals):
+        if not (valid and np.isfinite(loss)):
+            continue
+        window = ([(perf, loss)] + window)[:w]
+        m, lo = np.mean([p for p, _ in window]), np.mean([x for _, x in window])
+        if m > best[0] or (tiebreak and m == best[0] and lo < best[1]):
+            kept, best = i, (m, lo)
+    return kept
+
+
+def test_dev_smooth_hand_computed():
+    """W = 2: acc 0.9 alone (after 0.5) averages 0.7; 0.75 after 0.9 averages 0.825 and wins, though its own
+    score is lower; the invalid evaluation (3) neither enters the window nor is kept; W = 1 keeps 0.9; W = 3
+    keeps the last (0.6 after 0.75 and 0.9: 0.75 on average, the window's lag)."""
+    from bbt_jax.search import dev_window, select_on_dev
+
+    evals = [(0.5, 0.7, True), (0.9, 0.3, True), (0.75, 0.5, True), (1.0, 0.1, False), (0.6, 0.6, True)]
+    for w, expected in [(1, 1), (2, 2), (3, 4)]:
+        state = DevState(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0),
+                  dev_window(w))
+        for i, (acc, loss, valid) in enumerate(evals):
+            metrics = {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}
+            state, rec = select_on_dev(state, jnp.float32(i), jnp.float32(loss), metrics, tiebreak_loss=True,
+                                       valid=jnp.bool_(valid))
+        assert int(state.best_dev_z) == expected == smoothed_choice(evals, w), w
+        assert float(state.best_dev_perf) == pytest.approx(evals[expected][0])  # the kept candidate's own score
+    assert float(rec["smoothed_perf"]) == pytest.approx((0.6 + 0.75 + 0.9) / 3)
+
+
+@pytest.mark.parametrize("w", [2, 3])
+def test_dev_smooth_search_keeps_what_the_slow_reference_keeps(w):
+    """A search with a dev evaluation every generation: the kept generation is the reference's choice over
+    the curve's dev records (z = 0 scored first), and nothing recompiles."""
+    p = as_problem(*toy_problem(3))
+    s = make_search(budget=8 * 12, eval_every=8, dev_smooth=w, dev_tiebreak_loss=True)
+    state, z0 = s.dev_init(p, s.init(jax.random.PRNGKey(4)))
+    state, hist = s.run(p, p, state)
+    evals = [(float(z0["dev_perf"]), float(z0["dev_loss"]), True)]
+    evals += [(h["dev"]["dev_perf"], h["dev"]["dev_loss"], True) for h in hist]
+    kept = smoothed_choice(evals, w)
+    gens = [0] + [h["generation"] for h in hist]
+    assert int(state.best_dev_generation) == gens[kept]
+    assert kept != smoothed_choice(evals, 1)  # on this problem the window changes the choice
+    assert all("smoothed_perf" in h["dev"] for h in hist)
+    assert s.interval._cache_size() == 1
+
+
+def test_cv_folds_swap_train_and_dev_halfway_and_restart_at_zero():
+    """--cv-folds 2: the first half searches on train and scores on dev, exactly as without it; the strategy
+    then restarts at z = 0 with its step size, and the next generation's losses are the dev rows' (checked
+    against the strategy asked by hand) while its candidate is scored on the train rows."""
+    from bbt_jax.strategy import with_restart
+
+    frozen, proj, train_data = toy_problem(0)
+    dev_data = toy_problem(5)[2]  # other rows, the same projection
+    train, dev = as_problem(frozen, proj, train_data), as_problem(frozen, proj, dev_data)
+    cfg = SearchConfig(popsize=8, budget=8 * 6, eval_every=8, sigma=1.0, cv_folds=2)
+    assert cfg.cv_switch == 3
+    plain = search_for(cfg)
+    strategy = make_strategy(cfg.strategy, popsize=8, num_dims=K, sigma=1.0)
+    s = Search(with_restart(strategy, switch=3), config=cfg, swap_at=3)
+    state0 = s.init(jax.random.PRNGKey(2))
+    _, ref_hist = plain.run(train, dev, plain.init(jax.random.PRNGKey(2)))
+    state, hist = s.run(train, dev, state0)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "step_size"} for r in rows]  # noqa: E731
+    assert drop(hist[:3]) == drop(ref_hist[:3])  # (step_size: the row of generation 3 shows the restart's)
+    assert hist[3]["best_loss"] != ref_hist[3]["best_loss"]
+    # by hand: three intervals, then the restarted strategy asked once
+    st, params = state0, s.es_params()
+    for g in range(3):
+        st, _ = s.interval(*s.problems(train, dev, g), params, st)
+    np.testing.assert_array_equal(np.asarray(st.es_state.mean), 0.0)
+    assert float(st.es_state.std) == 1.0
+    _, k_ask, _ = jax.random.split(st.key, 3)
+    with jax.numpy_rank_promotion("allow"):
+        z_PxK, _ = s.es.ask(k_ask, st.es_state, params)
+    loss_P, _ = dev(z_PxK)
+    assert hist[3]["best_loss"] == pytest.approx(float(jnp.min(loss_P)), rel=1e-6)
+    _, held_out = train.fitness.member(train.projection(z_PxK[int(jnp.argmin(loss_P))]))
+    assert hist[3]["dev"]["dev_perf"] == pytest.approx(float(held_out["perf"]))
+    assert s.problems(train, dev, 3) == (dev, train) and s.problems(train, dev, 2) == (train, dev)
+
+
+def test_cv_folds_settings_are_checked():
+    from bbt_jax.errors import UserError
+
+    with pytest.raises(UserError, match="--cv-folds 3"):
+        SearchConfig(cv_folds=3)
+    with pytest.raises(UserError, match="not with --method bbtv2"):
+        SearchConfig(cv_folds=2, method="bbtv2")
+    with pytest.raises(UserError, match="fewer than two dev intervals"):
+        SearchConfig(cv_folds=2, popsize=10, budget=40, eval_every=40)
+    assert SearchConfig(popsize=10, budget=100, eval_every=20, cv_folds=2).cv_switch == 4  # 5 // 2 rounded to 2s
