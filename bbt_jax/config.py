@@ -365,15 +365,16 @@ def demo() -> Config:
 def smollm2_sst2() -> Config:
     """The recommended SmolLM2 setting for sst2 (issue 16), chosen on DEV only: the demo preset with the
     longer hand-written sentiment cue (with its leading newline) as p0 (a movie-review cue: for sst2 and
-    yelpp, not other tasks). Among the variants of experiments/search_quality (sst2, 5 seeds, 400 calls:
-    demo, --select-by loss, this cue with and without the newline) its selected candidates scored highest on
-    dev (90.0, mean over seeds; without the newline 87.5, demo 83.1, dev-loss 81.9), the rule fixed before
-    the test scores were read (summary.md there). Session 8 chose it on the runs without the newline (a grid
-    parsing bug, fixed); session 9 measured this cue itself."""
+    yelpp, not other tasks) and a dev evaluation after every generation (--eval-every 20). Among the 13
+    variants of experiments/search_quality (sst2, 5 seeds, 400 calls) its selected candidates scored highest
+    on dev (90.6, mean over seeds; the cue alone 90.0, demo 83.1), the rule fixed in session 8 before any
+    test score was read (summary.md there). That rule favours variants with more dev evaluations (the max of
+    21 scores rather than 5); experiments/search_quality/README.md reports it beside the test figures."""
     cfg = demo()
-    return dataclasses.replace(cfg, prompt=dataclasses.replace(
-        cfg.prompt, cue="\nOverall, the sentiment of this movie review is"), run=dataclasses.replace(
-        cfg.run, task="sst2", out="runs/smollm2-sst2"))
+    return dataclasses.replace(
+        cfg, prompt=dataclasses.replace(cfg.prompt, cue="\nOverall, the sentiment of this movie review is"),
+        search=dataclasses.replace(cfg.search, eval_every=20),
+        run=dataclasses.replace(cfg.run, task="sst2", out="runs/smollm2-sst2"))
 
 
 PRESETS = {"paper": paper, "paper-bbtv2": paper_bbtv2, "tiny": tiny, "demo": demo, "smollm2-sst2": smollm2_sst2}

@@ -261,10 +261,12 @@ def test_help_lists_every_flag(command, capsys):
 
 def test_the_sst2_recommendation_is_the_demo_with_the_chosen_cue(capsys):
     """`--preset smollm2-sst2` (issue 16's choice on dev, experiments/search_quality) resolves to the demo
-    preset with the longer sentiment cue, nothing else (its docstring's claim)."""
+    preset with the longer sentiment cue and a dev evaluation every generation, nothing else (its docstring's
+    claim)."""
     assert cli.main(["train", "--preset", "smollm2-sst2", "--print-config"]) == 0
     best = json.loads(capsys.readouterr().out)
     assert cli.main(["train", "--preset", "demo", "--print-config"]) == 0
     demo = json.loads(capsys.readouterr().out)
     assert best["prompt"]["cue"] == "\nOverall, the sentiment of this movie review is"
-    assert config_lib.diff(demo, best, tuple(config_lib.flat_fields())) == ["cue", "out"]
+    assert best["search"]["eval_every"] == best["search"]["popsize"] == 20
+    assert config_lib.diff(demo, best, tuple(config_lib.flat_fields())) == ["cue", "eval_every", "out"]
