@@ -29,7 +29,7 @@ import numpy as np
 from bbt_jax import artifact, library
 from bbt_jax import config as C
 from bbt_jax import sweep as sweep_lib
-from bbt_jax.errors import UserError
+from bbt_jax.errors import UserError, run_main
 from bbt_jax.harness import build
 from bbt_jax.io import read_json, write_json_atomic
 from bbt_jax.models.registry import load
@@ -197,4 +197,4 @@ def table(done: dict, args) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -24,6 +24,7 @@ import numpy as np
 
 from bbt_jax import config as C
 from bbt_jax.deep import zero_layers
+from bbt_jax.errors import run_main
 from bbt_jax.fitness import make_fitness
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path
@@ -92,4 +93,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

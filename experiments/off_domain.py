@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from bbt_jax import artifact
 from bbt_jax import config as C
+from bbt_jax.errors import run_main
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
@@ -86,4 +87,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

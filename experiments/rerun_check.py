@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bbt_jax import config as C
 from bbt_jax import sweep
+from bbt_jax.errors import run_main
 from bbt_jax.models.registry import load
 
 
@@ -47,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

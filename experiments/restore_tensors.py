@@ -27,6 +27,7 @@ import numpy as np
 
 from bbt_jax import artifact, library
 from bbt_jax import config as C
+from bbt_jax.errors import run_main
 from bbt_jax.harness import build
 from bbt_jax.io import write_json_atomic
 from bbt_jax.models.registry import load
@@ -111,4 +112,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

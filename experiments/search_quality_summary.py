@@ -19,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from bbt_jax.errors import run_main
 from bbt_jax.io import write_bytes_atomic
 from bbt_jax.provenance import cpu_model
 from bbt_jax.report import find_results, format_mean_std, load_results, method_label, test_metric
@@ -65,4 +66,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main))

@@ -18,6 +18,7 @@ from bbt_jax.xla_flags import apply_cpu_defaults  # noqa: E402
 apply_cpu_defaults()
 
 from bbt_jax import config as C  # noqa: E402
+from bbt_jax.errors import run_main  # noqa: E402
 from bbt_jax.io import shared_path, write_json_atomic  # noqa: E402
 from bbt_jax.models.registry import load  # noqa: E402
 from bbt_jax.provenance import cpu_model  # noqa: E402
@@ -48,4 +49,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bbt_jax import config as C
 from bbt_jax import sweep
+from bbt_jax.errors import run_main
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import environment
@@ -141,4 +142,4 @@ def write_table(args) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

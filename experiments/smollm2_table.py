@@ -8,10 +8,10 @@ Writes <out>/<task>-<seed>/results.json per run and appends the table to <out>/<
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from bbt_jax import config as C
+from bbt_jax.errors import run_main
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.train import train
 
@@ -61,4 +61,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main))

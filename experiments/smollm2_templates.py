@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 
 from bbt_jax import config as C
+from bbt_jax.errors import run_main
 from bbt_jax.fitness import split_metrics
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path
@@ -96,4 +97,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from bbt_jax import config as C
+from bbt_jax.errors import run_main
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path
 from bbt_jax.models.registry import load
@@ -37,4 +38,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

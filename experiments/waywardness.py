@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from bbt_jax import artifact, reading
+from bbt_jax.errors import run_main
 from bbt_jax.harness import build
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
@@ -107,4 +108,4 @@ def table(rows: list[dict], args) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

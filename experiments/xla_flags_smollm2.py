@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from bbt_jax.errors import run_main
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -115,4 +117,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(run_main(main))
