@@ -26,7 +26,7 @@ import numpy as np
 from bbt_jax import distributed
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.problem import PromptProblem
-from bbt_jax.search import Search, SearchState, absorb_interval
+from bbt_jax.search import Search, SearchState, absorb_interval, fold
 
 # Only the projection carries the sweep axis; fitness (frozen model, data) is shared.
 _PROBLEM_AXES = PromptProblem(fitness=None, projection=0)
@@ -88,7 +88,7 @@ class Sweep:
         curves_SxG[s] = best loss per generation."""
         curves: list = []
         for i in range(self.search.num_intervals):
-            states_S, out = self.interval(*self.search.problems(train_S, dev_S, i * self.search.generations_per_eval),
+            states_S, out = self.interval(*fold(self.search, train_S, dev_S, i * self.search.generations_per_eval),
                                           es_params_S, states_S)
             curves.append(out["generations"]["best_loss"])
         curves_SxG = jnp.concatenate(curves, axis=1)[:, :self.search.total_generations]
@@ -275,7 +275,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
         r.start_clock()
     swapped = None  # the interval with the problems' axes swapped (cross-validation's second fold)
     while len(runs[0].history) < search.total_generations:
-        problems = search.problems(train_S, dev_S, len(runs[0].history))
+        problems = fold(search, train_S, dev_S, len(runs[0].history))
         if problems[0] is dev_S:
             swapped = swapped or _cells_interval(search, axes[::-1], mesh)
             states_S, out = swapped(*problems, es_params_S, states_S)
