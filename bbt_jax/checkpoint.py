@@ -126,12 +126,11 @@ def _restore_state(manager, step: int, abstract_state):
     try:
         return restore(abstract_state)
     except ValueError:
-        absent = [f.name for f in dataclasses.fields(abstract_state) if getattr(abstract_state, f.name) is None] \
-            if dataclasses.is_dataclass(abstract_state) else []
-        if not absent:
+        fields = dataclasses.fields(abstract_state) if dataclasses.is_dataclass(abstract_state) else ()
+        values = {f.name: getattr(abstract_state, f.name) for f in fields}
+        present = {name: v for name, v in values.items() if v is not None}
+        if len(present) == len(values):  # no optional field to leave out: a damaged or foreign step
             raise
-    present = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
-               if f.name not in absent}
     return abstract_state.replace(**restore(present))
 
 

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 
 from bbt_jax import config as config_lib
-from bbt_jax.errors import UserError
+from bbt_jax.errors import UserError, run_main
 from bbt_jax.io import read_json, shared_path, write_json_atomic
 from bbt_jax.provenance import environment
 
@@ -434,19 +434,16 @@ def main(argv: list[str] | None = None) -> int:
 
     apply_cpu_defaults()  # before JAX starts its backend; the user's XLA_FLAGS win
     warnings.showwarning = _one_line_warnings
-    try:
+
+    def command() -> int:
         _join(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    args = build_parser().parse_args(argv)
-    try:
+        args = build_parser().parse_args(argv)
         commands = {"train": cmd_train, "eval": cmd_eval, "sweep": cmd_sweep, "report": cmd_report,
                     "inspect": cmd_inspect, "export": cmd_export, "library": cmd_library}
         return commands[args.command](args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+
+    try:
+        return run_main(command)  # a UserError: one `error:` line and its exit code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -21,7 +21,7 @@ last W dev evaluations, itself the newest of them (`DevWindow`): one evaluation 
 consecutive candidates of one search are near each other, and a run of good evaluations is better evidence.
 
 Train+dev cross-validation (`swap_at` > 0, --cv-folds 2): from generation `swap_at` on (a whole number of
-intervals) the intervals get the two problems swapped (`problems`), so the search runs on the dev rows and
+intervals) the intervals get the two problems swapped (`fold`), so the search runs on the dev rows and
 scores its candidates on the train rows, and the strategy restarts at z = 0 there (strategy.with_restart). The
 best-on-dev record spans both folds: every candidate is judged on rows it was not searched on.
 
@@ -240,11 +240,6 @@ class Search:
         return state, {"generations": gen_metrics_G, "dev": dev_metrics, "generation": state.generation,
                        "best_train_loss": state.best_train_loss, "nonfinite": state.nonfinite}
 
-    def problems(self, train, dev, generation: int) -> tuple:
-        """(searched, scored) for the interval that starts at `generation`: (train, dev), or swapped in the
-        second fold of the cross-validation (`swap_at`). Host side: the interval's arguments."""
-        return (dev, train) if self.swap_at and generation >= self.swap_at else (train, dev)
-
     # -- host loop ---------------------------------------------------------
     def curve_row(self, t: int, gens, j: int) -> dict:
         """The curve's row of generation t from the interval's host metrics (`gens`, index j): calls, the
@@ -316,10 +311,11 @@ def run_intervals(search, train, dev, state, es_params, *, history: list | None 
 
 
 def fold(search, train, dev, generation: int) -> tuple:
-    """The interval's (searched, scored) problems: `search.problems` where the search swaps them (Search's
-    cross-validation), else (train, dev)."""
-    problems = getattr(search, "problems", None)
-    return (train, dev) if problems is None else problems(train, dev, generation)
+    """(searched, scored) problems of the interval that starts at `generation`: (train, dev), swapped from the
+    search's `swap_at` on (Search's cross-validation; a search without that attribute never swaps). Host
+    side: the interval's arguments, in every loop that calls it (run_intervals, the sweep's seed groups)."""
+    swap_at = getattr(search, "swap_at", 0)
+    return (dev, train) if swap_at and generation >= swap_at else (train, dev)
 
 
 def absorb_interval(search, history: list, out: dict) -> dict:

@@ -269,6 +269,7 @@ def test_cv_folds_swap_train_and_dev_halfway_and_restart_at_zero():
     """--cv-folds 2: the first half searches on train and scores on dev, exactly as without it; the strategy
     then restarts at z = 0 with its step size, and the next generation's losses are the dev rows' (checked
     against the strategy asked by hand) while its candidate is scored on the train rows."""
+    from bbt_jax.search import fold
     from bbt_jax.strategy import with_restart
 
     frozen, proj, train_data = toy_problem(0)
@@ -288,7 +289,7 @@ def test_cv_folds_swap_train_and_dev_halfway_and_restart_at_zero():
     # by hand: three intervals, then the restarted strategy asked once
     st, params = state0, s.es_params()
     for g in range(3):
-        st, _ = s.interval(*s.problems(train, dev, g), params, st)
+        st, _ = s.interval(*fold(s, train, dev, g), params, st)
     np.testing.assert_array_equal(np.asarray(st.es_state.mean), 0.0)
     assert float(st.es_state.std) == 1.0
     _, k_ask, _ = jax.random.split(st.key, 3)
@@ -298,7 +299,7 @@ def test_cv_folds_swap_train_and_dev_halfway_and_restart_at_zero():
     assert hist[3]["best_loss"] == pytest.approx(float(jnp.min(loss_P)), rel=1e-6)
     _, held_out = train.fitness.member(train.projection(z_PxK[int(jnp.argmin(loss_P))]))
     assert hist[3]["dev"]["dev_perf"] == pytest.approx(float(held_out["perf"]))
-    assert s.problems(train, dev, 3) == (dev, train) and s.problems(train, dev, 2) == (train, dev)
+    assert fold(s, train, dev, 3) == (dev, train) and fold(s, train, dev, 2) == (train, dev)
 
 
 def test_cv_folds_settings_are_checked():
