@@ -86,14 +86,19 @@ class Fitness:
         return jax.vmap(one)(candidates_P)
 
 
-def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str = "ce", metric: str = "acc",
-                 chunk: int = 0) -> Fitness:
-    """Prepare the rows once (e.g. the decoder's input K/V cache) and bind them to the scorer."""
+def prepare_rows(backbone, frozen, buckets: Sequence[TokenBatch]) -> EvalData:
+    """The rows prepared once (e.g. the decoder's input K/V cache) with their targets."""
     buckets = tuple(buckets)
     inputs = _prepare(backbone, frozen, buckets)
     labels_B = np.concatenate([np.asarray(b.labels_B) for b in buckets])
     weight_B = np.concatenate([np.asarray(b.weight_B) for b in buckets])
-    return Fitness(frozen, make_eval_data(inputs, labels_B, weight_B), backbone.score, loss, metric, chunk)
+    return make_eval_data(inputs, labels_B, weight_B)
+
+
+def make_fitness(backbone, frozen, buckets: Sequence[TokenBatch], *, loss: str = "ce", metric: str = "acc",
+                 chunk: int = 0) -> Fitness:
+    """Prepare the rows once (`prepare_rows`) and bind them to the scorer."""
+    return Fitness(frozen, prepare_rows(backbone, frozen, buckets), backbone.score, loss, metric, chunk)
 
 
 _prepare = jax.jit(lambda backbone, frozen, buckets: backbone.prepare(frozen, buckets), static_argnums=0)
@@ -105,7 +110,7 @@ PREPARED_CACHE_BATCHES = 64  # prepared batches a cache keeps (least recently us
 PREPARED_CACHE_BYTES = 8 << 30
 
 
-def _nbytes(tree) -> int:
+def nbytes(tree) -> int:
     return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
@@ -113,16 +118,22 @@ def _eval_fitness(backbone, frozen, batch: TokenBatch, metric: str, cache: dict 
     """(Fitness on one batch, the batch's cache key or None): prepared once per key while `cache` keeps it."""
     if cache is None:
         return make_fitness(backbone, frozen, (batch,), metric=metric), None
-    key = (backbone, _digest(frozen["verbalizer"], *jax.tree.leaves(batch)),
-           str(jax.tree.leaves(frozen["params"])[0].dtype))
+    key = rows_key(backbone, frozen, (batch,))
     if key not in cache:
-        cache[key] = make_fitness(backbone, frozen, (batch,), metric=metric).data
+        cache[key] = prepare_rows(backbone, frozen, (batch,))
         while len(cache) > 1 and (len(cache) > PREPARED_CACHE_BATCHES
-                                  or sum(_nbytes(d) for d in cache.values()) > PREPARED_CACHE_BYTES):
+                                  or sum(nbytes(d) for d in cache.values()) > PREPARED_CACHE_BYTES):
             cache.pop(next(iter(cache)))  # the least recently used; the batch just prepared stays
     data = cache.pop(key)
     cache[key] = data  # most recently used last
     return Fitness(frozen, data, backbone.score, metric=metric), key
+
+
+def rows_key(backbone, frozen, buckets: Sequence[TokenBatch]) -> tuple:
+    """What identifies prepared rows across harnesses of one loaded model: the backbone (config and layout),
+    the rows' tokens and the verbalizer, and the compute dtype."""
+    return (backbone, _digest(frozen["verbalizer"], *jax.tree.leaves(tuple(buckets))),
+            str(jax.tree.leaves(frozen["params"])[0].dtype))
 
 
 def _digest(*arrays) -> str:

@@ -287,9 +287,11 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
             loaded.update(key=key, model=None)  # release the previous model first
             loaded["model"] = load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
         elif loaded.get("task") != cfg.run.task:
-            # the sweep moved on to another task: the previous task's prepared test batches (the decoder's
-            # input cache of its test rows, GBs for long rows) are not needed again in task-major order
+            # the sweep moved on to another task: the previous task's prepared test batches and its last seed
+            # group's train/dev rows (the decoder's input caches, GBs for long rows) are not needed again in
+            # task-major order
             loaded["model"].prepared.clear()
+            loaded["model"].stacked.clear()
         loaded["task"] = cfg.run.task
         return loaded["model"]
 
@@ -327,6 +329,7 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
                 continue
         for i in pending:  # one by one
             cfg, name = configs[i], cell_name(todo[i])
+            model_for(cfg).stacked.clear()  # a seed group's rows (sweep) serve groups only
             t0 = time.perf_counter()
             results = train(cfg, default_tokenizer=default_tokenizer, log=lambda s, name=name: log(f"  [{name}] {s}"),
                             zero_shot=True, out=Path(cfg.run.out), model=model_for(cfg))

@@ -25,7 +25,7 @@ from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
 from bbt_jax.errors import UserError
-from bbt_jax.fitness import Fitness, make_fitness, split_metrics
+from bbt_jax.fitness import EvalData, Fitness, prepare_rows, rows_key, split_metrics
 from bbt_jax.gradient import GradientSearch
 from bbt_jax.models import hf
 from bbt_jax.models.family import Backbone, LoadedModel, make_frozen
@@ -100,11 +100,21 @@ class Harness:
         """The fitness contract on a split (prepared once): the run's loss and metric; the population
         chunk on train. `lengths`: the buckets' padded lengths (see `buckets`)."""
         if (split, lengths) not in self._fitness:
-            s = self.cfg.search
-            self._fitness[split, lengths] = make_fitness(
-                self.backbone, self.frozen, self.buckets(split, lengths), loss=s.loss, metric=self.task.metric,
-                chunk=self.pop_chunk if split == "train" else 0)
+            self._fitness[split, lengths] = self.bind(split, self.prepared_rows(split, lengths))
         return self._fitness[split, lengths]
+
+    def bind(self, split: str, data: EvalData) -> Fitness:
+        """The fitness contract of `split` on prepared rows `data` (this run's, or a seed group's stack)."""
+        return Fitness(self.frozen, data, self.backbone.score, self.cfg.search.loss, self.task.metric,
+                       self.pop_chunk if split == "train" else 0)
+
+    def prepared_rows(self, split: str, lengths: tuple[int, ...] | None = None) -> EvalData:
+        """A split's rows prepared now (the decoder's input cache), not kept: `fitness` keeps them."""
+        return prepare_rows(self.backbone, self.frozen, self.buckets(split, lengths))
+
+    def rows_key(self, split: str, lengths: tuple[int, ...] | None = None) -> tuple:
+        """What identifies `prepared_rows(split, lengths)` across harnesses of one loaded model (fitness.rows_key)."""
+        return rows_key(self.backbone, self.frozen, self.buckets(split, lengths))
 
     def release_fitness(self) -> None:
         """Forget the prepared splits (`fitness`); a later call prepares them again."""

@@ -25,6 +25,7 @@ import numpy as np
 
 from bbt_jax import distributed
 from bbt_jax import tasks as tasks_lib
+from bbt_jax.fitness import nbytes
 from bbt_jax.problem import PromptProblem
 from bbt_jax.search import Search, SearchState, absorb_interval, fold
 
@@ -95,23 +96,30 @@ class Sweep:
         return states_S, jax.device_get(curves_SxG)
 
 
-def _stacked_problems(runs: list, chunk: int) -> tuple[PromptProblem, PromptProblem]:
-    """The group's train and dev problems, each cell's prepared rows stacked on a leading axis. The runs give
-    theirs up (nothing after the search reads them) and the stacking consumes them one leaf at a time, so the
-    group holds its cells' rows (the decoder's input caches: GBs for dbpedia's 448 rows per cell) about once,
-    not twice."""
-    out = []
-    for split in ("train", "dev"):
-        problems = [getattr(r, f"{split}_problem") for r in runs]
-        template = problems[0].fitness.replace(data=None, **({"chunk": chunk} if split == "train" else {}))
-        data, projection = [p.fitness.data for p in problems], stack([p.projection for p in problems])
-        out.append((template, data, projection))
-        del problems
-    for r in runs:
-        r.train_problem = r.dev_problem = None
-        r.h.release_fitness()
-    return tuple(PromptProblem(template.replace(data=stack_consuming(data)), projection)
-                 for template, data, projection in out)
+GROUP_ROWS_KEPT_BYTES = 10 << 30  # a seed group's stacked train/dev rows kept for the task's next method up to this
+
+
+def _group_problems(runs: list, chunk: int, lengths: dict) -> tuple[PromptProblem, PromptProblem]:
+    """The group's train and dev problems: its cells' prepared rows stacked on a leading axis, and their
+    projections. The stacked rows are kept on the loaded model (LoadedModel.stacked, one group's at a time,
+    up to GROUP_ROWS_KEPT_BYTES) and serve the next group of the same cells' rows, i.e. the task's other
+    methods on the same seeds: a decoder's input caches of a task's train and dev rows are computed once per
+    seed, not once per method. Otherwise each cell's rows are prepared and consumed into the stack leaf by
+    leaf, so that the group holds them about once (GBs for dbpedia's 448 rows per cell)."""
+    model, out = runs[0].h.model, []
+    keys = {split: (split, tuple(r.h.rows_key(split, lengths[split]) for r in runs)) for split in ("train", "dev")}
+    for key in [k for k in model.stacked if k not in keys.values()]:
+        del model.stacked[key]  # another group's rows go before this group's are prepared
+    for split, key in keys.items():
+        data_S = model.stacked.pop(key, None)
+        if data_S is None:
+            data_S = stack_consuming([r.h.prepared_rows(split, lengths[split]) for r in runs])
+        if nbytes(data_S) + sum(nbytes(d) for d in model.stacked.values()) <= GROUP_ROWS_KEPT_BYTES:
+            model.stacked[key] = data_S
+        fitness = runs[0].h.bind(split, data_S)
+        out.append(PromptProblem(fitness.replace(chunk=chunk) if split == "train" else fitness,
+                                 stack([r.h.projection for r in runs])))
+    return tuple(out)
 
 
 def stack_consuming(trees: list):
@@ -204,8 +212,8 @@ def _train_cells(cfgs, hs, lengths, chunk, *, log, zero_shot):
             clog = (lambda s, name=name: log(f"[{name}] {s}")) if mine else (lambda s: None)
             ckpt = checkpoint_lib.Checkpointer(Path(c.run.out) / checkpoint_lib.CHECKPOINT_DIR, warn=clog)
             runs.append(train_lib.begin(c, ckpt, log=clog, out=c.run.out, h=h, lengths=lengths, dev_init=False,
-                                        writer=mine))
-        return _run_group(runs, log=log, zero_shot=zero_shot, mesh=mesh, chunk=chunk)
+                                        writer=mine, prepare=False))
+        return _run_group(runs, lengths, log=log, zero_shot=zero_shot, mesh=mesh, chunk=chunk)
     finally:
         for r in runs:
             r.ckpt.close()
@@ -245,7 +253,8 @@ def _score_group_on_test(runs: list, zero_shot: bool) -> None:
         mine[0].h.test_metrics(jax.tree.map(lambda *x: jnp.concatenate(x), *prompts))
 
 
-def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: int = 0) -> list[dict | None]:
+def _run_group(runs: list, lengths: dict, *, log: Callable, zero_shot: bool, mesh=None,
+               chunk: int = 0) -> list[dict | None]:
     from bbt_jax import train as train_lib
 
     search, S = runs[0].search, len(runs)
@@ -256,12 +265,14 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
         results = []
         for r in runs:
             r.start_clock()
-            r.state, r.history = r.search.run(r.train_problem, r.dev_problem, r.state, history=r.history,
-                                              on_interval=r.on_interval)
+            r.state, r.history = r.search.run(r.h.problem("train", lengths=lengths["train"]),
+                                              r.h.problem("dev", lengths=lengths["dev"]), r.state,
+                                              history=r.history, on_interval=r.on_interval)
+            r.h.release_fitness()
             _save_all([r])
             results.append(train_lib.finish(r, zero_shot=zero_shot) if r.writer else None)
         return results
-    train_S, dev_S = _stacked_problems(runs, chunk)
+    train_S, dev_S = _group_problems(runs, chunk, lengths)
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
     interval = _cells_interval(search, axes, mesh)
     states_S, es_params_S = stack([r.state for r in runs]), stack([search.es_params() for _ in runs])
@@ -288,7 +299,7 @@ def _run_group(runs: list, *, log: Callable, zero_shot: bool, mesh=None, chunk: 
     group_s = time.perf_counter() - t0
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
-    del train_S, dev_S, interval, swapped  # the stacked train/dev input caches, before the test rows' are prepared
+    del train_S, dev_S, interval, swapped  # the stacked train/dev rows (unless kept), before the test rows' are prepared
     _save_all(runs)
     t0 = time.perf_counter()
     _score_group_on_test(runs, zero_shot)

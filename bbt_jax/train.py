@@ -141,19 +141,20 @@ class Run:
 
 def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, out=None, model=None,
           h: Harness | None = None, lengths: dict | None = None, dev_init: bool = True,
-          mesh=None, writer: bool = True) -> Run:
+          mesh=None, writer: bool = True, prepare: bool = True) -> Run:
     """Build the harness (or take `h`, built from `cfg`), restore the search from `ckpt` or init it (and
     score z = 0 on dev), write out/config.json; the search itself is the caller's. `lengths`: {"train": ...,
     "dev": ...} bucket lengths (one shape for several seeds); `dev_init` False: the caller scores z = 0;
-    `mesh`: shard the population over it; `writer` False: another process writes this run's files."""
+    `mesh`: shard the population over it; `writer` False: another process writes this run's files; `prepare`
+    False: no train/dev problems (None; a seed group searches on its cells' stacked rows, sweep.py)."""
     t0 = time.perf_counter()
     if ckpt is not None:
         ckpt.restore(cfg)  # settings checked against the checkpoint before the model is loaded
     h = h or build(cfg, default_tokenizer=default_tokenizer, log=log, model=model)
     lengths = lengths or {}
     search = h.search(mesh=mesh)
-    train_problem = h.problem("train", lengths=lengths.get("train"))
-    dev_problem = h.problem("dev", lengths=lengths.get("dev"))
+    train_problem, dev_problem = (h.problem(split, lengths=lengths.get(split)) if prepare else None
+                                  for split in ("train", "dev"))
     t_built = time.perf_counter()
     what = (f"{cfg.gradient.optimizer} lr={cfg.gradient.lr} steps={cfg.search.budget}" if h.gradient else
             f"d={cfg.prompt.intrinsic_dim} pop={cfg.search.popsize} budget={cfg.search.budget}")

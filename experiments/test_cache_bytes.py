@@ -24,6 +24,6 @@ for task in sys.argv[1:]:
     h = build(cfg, model=model, log=lambda s: None)
     t = time.time()
     h.test_metrics(jnp.asarray(h.layout.p0, jnp.float32)[None])
-    tot = sum(fitness._nbytes(d) for d in model.prepared.values())
+    tot = sum(fitness.nbytes(d) for d in model.prepared.values())
     print(task, len(h.test_batches), "batches", f"{tot/2**30:.2f} GiB", f"{time.time()-t:.0f} s", flush=True)
     model.prepared.clear()

@@ -139,7 +139,7 @@ def test_the_prepared_cache_is_bounded_in_bytes(data_dir, monkeypatch):
     z_PxK = 3.0 * jax.random.normal(jax.random.PRNGKey(3), (2, a.cfg.prompt.intrinsic_dim))
     prompts_P = jax.vmap(a.projection)(z_PxK)
     a.test_metrics(prompts_P)
-    sizes = [fitness._nbytes(d) for d in a.model.prepared.values()]
+    sizes = [fitness.nbytes(d) for d in a.model.prepared.values()]
     assert len(sizes) == 3 and all(n > 0 for n in sizes)
     first = list(a.model.prepared)
     monkeypatch.setattr(fitness, "PREPARED_CACHE_BYTES", sizes[0] + sizes[1])  # room for two of these
@@ -150,7 +150,7 @@ def test_the_prepared_cache_is_bounded_in_bytes(data_dir, monkeypatch):
                                         c.task.metric)
     kept = list(a.model.prepared)
     assert not set(first) & set(kept)  # sst2's batches went first
-    assert sum(fitness._nbytes(d) for d in a.model.prepared.values()) <= sizes[0] + sizes[1] or len(kept) == 1
+    assert sum(fitness.nbytes(d) for d in a.model.prepared.values()) <= sizes[0] + sizes[1] or len(kept) == 1
     monkeypatch.setattr(fitness, "PREPARED_CACHE_BYTES", 0)  # even at 0 the batch in use stays
     assert a.test_metrics(prompts_P) == fitness.split_metrics(a.backbone, a.frozen, a.test_batches, prompts_P,
                                                               a.task.metric)

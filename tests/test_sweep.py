@@ -127,26 +127,28 @@ def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(t
     from bbt_jax.models.registry import load
     from tests.conftest import ROBERTA_TOKENIZER
 
+    from bbt_jax.harness import Harness
+
     model = load("tiny", str(ROBERTA_TOKENIZER))
     base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), budget=8, eval_every=4, test_rows=16,
                                num_buckets=1, eval_buckets=1)
     cfgs = [config_lib.override(base, seed=seed, out=str(tmp_path / str(seed))) for seed in (13, 21)]
     refs, alive_at_test = [], []
-    begin, score = train_lib.begin, sweep._score_group_on_test
+    prepared_rows, score = Harness.prepared_rows, sweep._score_group_on_test
 
-    def recording_begin(*args, **kw):
-        run = begin(*args, **kw)
-        refs.extend(weakref.ref(x) for p in (run.train_problem, run.dev_problem)
-                    for x in jax.tree.leaves(p.fitness.data))
-        return run
+    def recording_prepared_rows(self, *args, **kw):
+        data = prepared_rows(self, *args, **kw)
+        refs.extend(weakref.ref(x) for x in jax.tree.leaves(data))
+        return data
 
     def checking_score(runs, zero_shot):
         gc.collect()
         alive_at_test.append(sum(r() is not None for r in refs))
         return score(runs, zero_shot)
 
-    monkeypatch.setattr(train_lib, "begin", recording_begin)
+    monkeypatch.setattr(Harness, "prepared_rows", recording_prepared_rows)
     monkeypatch.setattr(sweep, "_score_group_on_test", checking_score)
+    assert train_lib.begin  # the cells themselves prepare nothing (begin(prepare=False))
     results = sweep.train_group(cfgs, model=model, zero_shot=True, log=lambda s: None)
     assert results is not None and all(r["vmapped"]["runs"] == 2 for r in results)
     assert refs and alive_at_test == [0]
@@ -165,3 +167,46 @@ def test_stack_consuming_equals_stack_and_frees_its_inputs():
     gc.collect()
     assert trees == [] and all(r() is None for r in refs)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(got), expected)
+
+
+def test_a_task_s_methods_on_the_same_seeds_prepare_its_train_and_dev_rows_once(tmp_path, data_dir,
+                                                                                    roberta_tokenizer, monkeypatch):
+    """A seed group keeps its stacked train/dev rows on the loaded model (LoadedModel.stacked): the next group
+    on the same cells' rows (another method of the task: a decoder's input caches do not depend on it)
+    prepares nothing and gives what it gives on a fresh model; a group on other rows replaces them."""
+    import dataclasses
+
+    from bbt_jax import config as config_lib
+    from bbt_jax.harness import Harness
+    from bbt_jax.models import llama
+    from bbt_jax.models.family import LoadedModel
+    from bbt_jax.sweep import train_group
+
+    cfg = llama.LlamaConfig(vocab_size=50265, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    params = jax.tree.map(lambda x: 10 * x, llama.init_params(cfg, jax.random.PRNGKey(1)))
+    model = LoadedModel(llama.FAMILY, cfg, params, llama.make_vocab(roberta_tokenizer, cfg), "test:tiny-llama")
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), placement="cue", budget=8, eval_every=4,
+                               test_rows=16, num_buckets=1, eval_buckets=1)
+
+    def cells(name, seeds=(13, 21), **settings):
+        return [config_lib.override(base, seed=s, out=str(tmp_path / name / str(s)), **settings) for s in seeds]
+
+    prepared = []
+    prepared_rows = Harness.prepared_rows
+    monkeypatch.setattr(Harness, "prepared_rows",
+                        lambda self, split, lengths=None: prepared.append(split) or prepared_rows(self, split, lengths))
+    quiet = {"zero_shot": True, "log": lambda s: None}
+    assert train_group(cells("bbt"), model=model, **quiet) is not None
+    assert sorted(prepared) == ["dev", "dev", "train", "train"]  # 2 cells x 2 splits
+    pt = train_group(cells("pt", method="prompt-tuning", budget=4, eval_every=2), model=model, **quiet)
+    assert len(prepared) == 4  # the same rows: nothing prepared again
+    fresh = dataclasses.replace(model, prepared={}, scored={}, stacked={})
+    alone = train_group(cells("pt-alone", method="prompt-tuning", budget=4, eval_every=2), model=fresh, **quiet)
+    assert len(prepared) == 8
+    for a, b in zip(pt, alone, strict=True):
+        assert a["curve"] == b["curve"] and any("dev" in r for r in a["curve"])  # train and dev, bitwise
+        assert a["test"] == b["test"] and a["zero_shot_test"] == b["zero_shot_test"]
+    kept = set(model.stacked)
+    assert train_group(cells("other", seeds=(13, 42)), model=model, **quiet) is not None
+    assert len(prepared) == 12 and not kept & set(model.stacked) and len(model.stacked) == 2

@@ -92,6 +92,9 @@ class LoadedModel:
     prepared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     # (dtype, zero_lm_head_bias) -> {(prepared batch key, prompt digest): logits_BxC}: prompts already scored
     scored: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    # (split, the cells' fitness.rows_key) -> their prepared train/dev rows stacked on a cell axis: the last seed
+    # group's (sweep._group_problems), for the task's next method on the same cells
+    stacked: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
