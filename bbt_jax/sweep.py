@@ -151,7 +151,8 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
                 zero_shot: bool = False) -> list[dict | None] | None:
     """Runs whose configs differ only in seeds (few-shot split, projection A, ES noise) as ONE vmapped
     search: one compiled call per interval for all of them; returns each run's results dict as
-    train.train gives it (time.search_s: its share of the group's search; "vmapped": the group).
+    train.train gives it (time.search_s: its share of the group's search, which includes preparing its
+    train/dev rows and scoring z = 0 on dev; "vmapped": the group).
 
     The splits are padded to common bucket lengths (the loss does not depend on padding, up to float
     rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
@@ -272,6 +273,7 @@ def _run_group(runs: list, lengths: dict, *, log: Callable, zero_shot: bool, mes
             _save_all([r])
             results.append(train_lib.finish(r, zero_shot=zero_shot) if r.writer else None)
         return results
+    t0 = time.perf_counter()  # the group's search_s counts its rows' preparation and z = 0's dev score too
     train_S, dev_S = _group_problems(runs, chunk, lengths)
     axes = (problem_axes(train_S, True), problem_axes(dev_S, True))
     interval = _cells_interval(search, axes, mesh)
@@ -281,7 +283,6 @@ def _run_group(runs: list, lengths: dict, *, log: Callable, zero_shot: bool, mes
         z0_S = jax.device_get(z0_S)
         for s, r in enumerate(runs):
             train_lib.record_dev_z0(r.results, _cell(z0_S, s))
-    t0 = time.perf_counter()
     for r in runs:
         r.start_clock()
     swapped = None  # the interval with the problems' axes swapped (cross-validation's second fold)
