@@ -154,3 +154,30 @@ def test_no_results_is_one_line(tmp_path, capsys):
     assert "no such file or folder" in _cli_error(["report", str(tmp_path / "nope")], capsys)
     with pytest.raises(UserError, match="no results.json"):
         report.find_results([tmp_path / "empty"])
+
+
+def test_sweep_time_sums_each_cell_once_per_task_and_method(tmp_path):
+    """experiments/sweep_time.py: minutes per task and method from progress lines; a resumed cell's later line
+    replaces its earlier one; 'done' lines (skipped cells) count nothing. Hand-computed."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sweep_time.py"
+    spec = importlib.util.spec_from_file_location("sweep_time", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_text("[1/4] task=sst2,variant=bbt,seed=13: test acc 0.8 | dev acc 0.9 | 60 s | ETA 180 s\n"
+                     "  [task=sst2,variant=bbt,seed=13 +1 seeds vmapped] [seed 13] calls 20/60 | 12 s |\n"
+                     "[2/4] task=sst2,variant=bbt,seed=21: test acc 0.7 | dev acc 0.8 | 60 s | ETA 120 s\n"
+                     "[3/4] task=rte,variant=bbt,seed=13: test acc 0.5 | dev acc 0.5 | 999 s | ETA 60 s\n")
+    second.write_text("[1/4] task=sst2,variant=bbt,seed=13: done (test acc 0.8)\n"
+                      "[3/4] task=rte,variant=bbt,seed=13: test acc 0.5 | dev acc 0.5 | 30 s | ETA 30 s\n"
+                      "[4/4] task=rte,variant=pt,seed=13: test acc 0.6 | dev acc 0.5 | 90 s | ETA 0 s\n")
+    seconds = mod.cell_seconds([str(first), str(second)])
+    assert seconds == {"task=sst2,variant=bbt,seed=13": 60, "task=sst2,variant=bbt,seed=21": 60,
+                       "task=rte,variant=bbt,seed=13": 30, "task=rte,variant=pt,seed=13": 90}
+    lines = mod.table(seconds).splitlines()
+    assert lines[2] == "| sst2 | 2.0 |  | 2.0 | 2 |"
+    assert lines[3] == "| rte | 0.5 | 1.5 | 2.0 | 2 |"
+    assert lines[4] == "| all | 2.5 | 1.5 | **4.0** (0.07 h) | 4 |"
