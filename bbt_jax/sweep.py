@@ -300,7 +300,7 @@ def _run_group(runs: list, lengths: dict, *, log: Callable, zero_shot: bool, mes
     group_s = time.perf_counter() - t0
     for s, r in enumerate(runs):
         r.state = _cell(states_S, s)
-    del train_S, dev_S, interval, swapped  # the stacked train/dev rows (unless kept), before the test rows' are prepared
+    del train_S, dev_S, interval, swapped  # the stacked rows (unless kept), before the test rows are prepared
     _save_all(runs)
     t0 = time.perf_counter()
     _score_group_on_test(runs, zero_shot)

@@ -123,11 +123,9 @@ def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(t
 
     from bbt_jax import config as config_lib
     from bbt_jax import sweep
-    from bbt_jax import train as train_lib
+    from bbt_jax.harness import Harness
     from bbt_jax.models.registry import load
     from tests.conftest import ROBERTA_TOKENIZER
-
-    from bbt_jax.harness import Harness
 
     model = load("tiny", str(ROBERTA_TOKENIZER))
     base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), budget=8, eval_every=4, test_rows=16,
@@ -148,7 +146,6 @@ def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(t
 
     monkeypatch.setattr(Harness, "prepared_rows", recording_prepared_rows)
     monkeypatch.setattr(sweep, "_score_group_on_test", checking_score)
-    assert train_lib.begin  # the cells themselves prepare nothing (begin(prepare=False))
     results = sweep.train_group(cfgs, model=model, zero_shot=True, log=lambda s: None)
     assert results is not None and all(r["vmapped"]["runs"] == 2 for r in results)
     assert refs and alive_at_test == [0]
