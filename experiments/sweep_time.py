@@ -26,6 +26,8 @@ def cell_seconds(paths: list[str]) -> dict[str, int]:
         for line in Path(path).read_text().splitlines():
             if m := LINE.match(line):
                 out[m["cell"]] = int(m["s"])
+    if not out:
+        raise UserError(f"{', '.join(paths)}: no finished cell's progress line")
     return out
 
 

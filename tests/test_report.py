@@ -181,3 +181,7 @@ def test_sweep_time_sums_each_cell_once_per_task_and_method(tmp_path):
     assert lines[2] == "| sst2 | 2.0 |  | 2.0 | 2 |"
     assert lines[3] == "| rte | 0.5 | 1.5 | 2.0 | 2 |"
     assert lines[4] == "| all | 2.5 | 1.5 | **4.0** (0.07 h) | 4 |"
+    empty = tmp_path / "empty.log"
+    empty.write_text("  [task=sst2,variant=bbt,seed=13 +1 seeds vmapped] [seed 13] calls 20/60\n")
+    with pytest.raises(UserError, match="no finished cell"):
+        mod.cell_seconds([str(empty)])
