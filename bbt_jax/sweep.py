@@ -107,6 +107,7 @@ def _group_problems(runs: list, chunk: int, lengths: dict) -> tuple[PromptProble
     seed, not once per method. Otherwise each cell's rows are prepared and consumed into the stack leaf by
     leaf, so that the group holds them about once (GBs for dbpedia's 448 rows per cell)."""
     model, out = runs[0].h.model, []
+    projection_S = stack([r.h.projection for r in runs])  # one stack serves both splits
     keys = {split: (split, tuple(r.h.rows_key(split, lengths[split]) for r in runs)) for split in ("train", "dev")}
     for key in [k for k in model.stacked if k not in keys.values()]:
         del model.stacked[key]  # another group's rows go before this group's are prepared
@@ -117,8 +118,7 @@ def _group_problems(runs: list, chunk: int, lengths: dict) -> tuple[PromptProble
         if nbytes(data_S) + sum(nbytes(d) for d in model.stacked.values()) <= GROUP_ROWS_KEPT_BYTES:
             model.stacked[key] = data_S
         fitness = runs[0].h.bind(split, data_S)
-        out.append(PromptProblem(fitness.replace(chunk=chunk) if split == "train" else fitness,
-                                 stack([r.h.projection for r in runs])))
+        out.append(PromptProblem(fitness.replace(chunk=chunk) if split == "train" else fitness, projection_S))
     return tuple(out)
 
 
