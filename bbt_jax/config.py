@@ -77,6 +77,9 @@ class PromptConfig:
     words_per_class: int = _f(1, "label words per class: 1 = the task's word; W > 1 = BBT-RGB's M2, the class score "
                               "is the mean logit of W words: the task's own and the W - 1 most class-specific "
                               "words at the starting prompt on the TRAINING rows (bbt_jax/verbalizer.py)")
+    demos: int = _f(0, "decoders: K demonstrations per class, drawn from the run's TRAINING rows (which then leave "
+                    "the training split) and written in the task's format with their answer, before the input or "
+                    "where the template says {demos} (BBT-RGB's In2 with an instruction in --template); 0: none")
     template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
                        "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
                        "(and {text_pair}), before the prompt and cue. Empty: the task's")
@@ -103,6 +106,8 @@ class PromptConfig:
             raise UserError(f"--num-buckets {self.num_buckets}: must be >= 1")
         if self.words_per_class < 1:
             raise UserError(f"--words-per-class {self.words_per_class}: must be >= 1")
+        if self.demos < 0:
+            raise UserError(f"--demos {self.demos}: must be >= 0")
         if self.prompt_init not in PROMPT_INITS:
             raise UserError(f"--prompt-init {self.prompt_init}: choose from {', '.join(PROMPT_INITS)}")
 
@@ -200,7 +205,8 @@ class SearchConfig:
         if self.refine_sigma <= 0:
             raise UserError(f"--refine-sigma {self.refine_sigma}: must be > 0")
         if self.refine_at and self.method != "bbt":
-            raise UserError(f"--refine-at {self.refine_at}: the two-stage search is for --method bbt, not {self.method}")
+            raise UserError(f"--refine-at {self.refine_at}: the two-stage search is for --method bbt, "
+                            f"not {self.method}")
         if self.cv_folds not in (1, 2):
             raise UserError(f"--cv-folds {self.cv_folds}: choose 1 (off) or 2 (train and dev swap halfway)")
         if self.cv_folds > 1 and (self.method != "bbt" or self.refine_at):

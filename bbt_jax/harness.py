@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from bbt_jax import data as data_lib
+from bbt_jax import demos as demos_lib
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.config import GRADIENT_METHODS, Config
 from bbt_jax.deep import DeepProjection, layer_stds, make_deep_projection, sequential_generations, zero_layers
@@ -301,6 +302,9 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     if cfg.prompt.placement not in family.placements:
         kind = {"masked": "masked LMs", "causal": "decoder LMs"}[family.kind]
         raise UserError(f"--placement {cfg.prompt.placement}: {kind} take one of {family.placements}")
+    if cfg.prompt.demos and family.kind != "causal":
+        raise UserError(f"--demos {cfg.prompt.demos}: decoder LMs only (a masked LM's template holds one row)")
+    task, splits["train"] = demos_lib.with_demos(task, splits["train"], cfg.prompt.demos, cfg.run.seed_of("split"))
     word_VxD = np.asarray(family.word_embeddings(model.params))
     layout = family.layout(task, vocab, cfg.prompt, word_VxD)
     if cfg.prompt.prompt_init != "placement" and not cfg.prompt.init_prompt:

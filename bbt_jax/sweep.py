@@ -245,11 +245,12 @@ def _save_all(runs: list) -> None:
 def _score_group_on_test(runs: list, zero_shot: bool) -> None:
     """The test prompts of every cell this process writes, in ONE batched pass (on CPU a batch of prompts
     costs less per prompt than one at a time): each cell's `finish` then finds its scores in the loaded
-    model's memo (fitness.split_metrics' `scored`: same function, same rows, same prompt bytes)."""
+    model's memo (fitness.split_metrics' `scored`: same function, same rows, same prompt bytes). Cells whose
+    test rows differ (each seed's own --demos in the template) score their own in `finish`."""
     from bbt_jax import train as train_lib
 
     mine = [r for r in runs if r.writer]
-    if len(mine) > 1:
+    if len(mine) > 1 and len({r.h.layout.template for r in mine}) == 1:
         prompts = [train_lib.candidate_prompts(r.h, train_lib.test_candidates(r, zero_shot)) for r in mine]
         mine[0].h.test_metrics(jax.tree.map(lambda *x: jnp.concatenate(x), *prompts))
 

@@ -211,14 +211,14 @@ def template_for(task: Task, vocab: Vocab, placement: str) -> str:
     return task.decoder_input + "{prompt}"
 
 
-_FIELD = re.compile(r"\{(prompt|text|text_pair|mask|bos)\}")  # {bos}: <s> goes here, not first
+FIELD = re.compile(r"\{(prompt|text|text_pair|mask|bos)\}")  # {bos}: <s> goes here, not first
 
 
 def _pieces(template: str) -> list[tuple[str, str]]:
     """Split a template into ("lit", s) and ("field", name) pieces; spaces move to fields."""
     out: list[tuple[str, str]] = []
     pos = 0
-    for m in _FIELD.finditer(template):
+    for m in FIELD.finditer(template):
         lit = template[pos:m.start()]
         lead = ""
         if lit.endswith(" "):

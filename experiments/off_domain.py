@@ -53,6 +53,9 @@ def main() -> int:
         runs = sorted(cells[method], key=lambda x: x[1]["config"]["run"]["seed"])
         saved = [artifact.load_prompt(folder) for folder, _ in runs]
         cfg = artifact.config_for(saved[0], task=args.target, test_rows=args.test_rows)
+        if cfg.prompt.demos:  # the target's template would hold other demonstrations per seed: not one prompt
+            print(f"{method}: skipped (--demos {cfg.prompt.demos}: its demonstrations are source rows)", flush=True)
+            continue
         if not Path(cfg.run.data_dir).is_dir():
             cfg = C.override(cfg, data_dir=str(shared_path("data")))
         h = build(cfg, model=model, log=lambda s: None)

@@ -6,10 +6,12 @@ For every (task, template) the hand-written prompt (the demo preset's cue placem
 template itself) is scored on the task's 16-shot dev splits of the --seeds (32-224 rows each; the dev column
 is the mean over seeds) and on the first --test-rows rows of its evaluation split, with SmolLM2-135M-Instruct
 loaded once. The template a user should take is the one with the best DEV score; the test column is
-reported, not used to choose.
+reported, not used to choose. `--demos K` gives every run K demonstrations per class from its own training
+rows (bbt_jax/demos.py; `{demos}` in a template marks where): the test column is then the mean over seeds.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,11 @@ from bbt_jax.models.registry import load
 from bbt_jax.tasks import TASKS, make_eval_batches
 
 # (name, --template, --cue, --label-words); "task's own" = the task's built-in decoder template
+INSTRUCTION = "Classify the sentiment of each movie review as positive or negative.\n\n{demos}Review: {text}"
+NL_CUE = "\nOverall, the sentiment of this movie review is"
 VARIANTS = {
+    "sst2": [("instruction", INSTRUCTION, "", ""), ("better cue", "", NL_CUE, ""),
+             ("instruction + better cue", INSTRUCTION, NL_CUE, "")],
     "mrpc": [("yes/no paraphrase", "Sentence 1: {text}\nSentence 2: {text_pair}",
               "\nAre the two sentences paraphrases? Answer:", " No| Yes"),
              ("true/false", "{text}\nQuestion: Does this mean the same as \"{text_pair}\"? True or False?",
@@ -60,11 +66,11 @@ def main() -> int:
     p.add_argument("--out", default="experiments/smollm2/templates.md")
     p.add_argument("--dev-only", action="store_true", help="score dev only (choosing a template needs no test)")
     p.add_argument("--only", default="", help="score only the variants whose name contains this text")
+    p.add_argument("--demos", type=int, default=0, help="--demos K of every run (each seed's own training rows)")
     args = p.parse_args()
     model = load("smollm2", "")
     lines = ["# SmolLM2-135M-Instruct: the decoder templates of the 7 tasks, zero-shot", "",
-             f"Command: `python experiments/smollm2_templates.py --tasks {' '.join(args.tasks)} --test-rows {args.test_rows} "
-             f"--seeds {' '.join(map(str, args.seeds))} --out {args.out}`", "",
+             "Command: `python experiments/smollm2_templates.py " + " ".join(sys.argv[1:]) + "`", "",
              f"The template itself (cue placement, z = 0) scored on the 16-shot dev splits of seeds "
              f"{', '.join(map(str, args.seeds))} (mean) and on "
              f"the first {args.test_rows} test rows (metric: accuracy, F1 for mrpc; chance = the majority share is "
@@ -78,12 +84,15 @@ def main() -> int:
                 continue
             t0 = time.perf_counter()
             hs = [build(C.override(C.demo(), task=task, seed=seed, data_dir=str(shared_path("data")),
-                                   test_rows=args.test_rows, template=template, cue=cue, label_words=words),
+                                   test_rows=args.test_rows, template=template if args.demos else
+                                   template.replace("{demos}", ""), cue=cue, label_words=words, demos=args.demos),
                         model=model, log=lambda s: None) for seed in args.seeds]
             h = hs[0]
             metric = h.task.metric
             dev = {metric: sum(score(x, "dev")[metric] for x in hs) / len(hs)}
-            test = {metric: float("nan")} if args.dev_only else score(h, "test")
+            tested = hs if args.demos else [h]  # each seed's demonstrations make its test rows its own
+            test = {metric: float("nan")} if args.dev_only else {
+                metric: sum(score(x, "test")[metric] for x in tested) / len(tested)}
             labels = [r.label for r in h.encoded["test"]]
             majority = max(labels.count(c) for c in set(labels)) / len(labels)
             shown = lambda s: s.replace("\n", "\\n").replace("|", "\\|")  # noqa: E731

@@ -46,7 +46,9 @@ class Layout:
     """
 
     placement: str
-    template: str
+    # only the rows' tokens read it (the compute never does): layouts that differ in it alone, e.g. the seeds'
+    # own --demos, share their compiled calls
+    template: str = dataclasses.field(compare=False)
     n_prompt: int
     p0: np.ndarray = dataclasses.field(compare=False, hash=False, repr=False)
     suffix_len: int = 0
