@@ -80,6 +80,10 @@ class PromptConfig:
     demos: int = _f(0, "decoders: K demonstrations per class, drawn from the run's TRAINING rows (which then leave "
                     "the training split) and written in the task's format with their answer, before the input or "
                     "where the template says {demos} (BBT-RGB's In2 with an instruction in --template); 0: none")
+    demo_draws: int = _f(1, "--demos: draw this many sets of demonstrations from the training rows (draw 0: the "
+                         "split seed's, as with 1) and keep the set whose template (z = 0) has the lowest training "
+                         "loss on the rows it leaves; each draw costs one call (one pass over the training rows), "
+                         "not taken from --budget")
     template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
                        "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
                        "(and {text_pair}), before the prompt and cue. Empty: the task's")
@@ -108,6 +112,10 @@ class PromptConfig:
             raise UserError(f"--words-per-class {self.words_per_class}: must be >= 1")
         if self.demos < 0:
             raise UserError(f"--demos {self.demos}: must be >= 0")
+        if self.demo_draws < 1:
+            raise UserError(f"--demo-draws {self.demo_draws}: must be >= 1")
+        if self.demo_draws > 1 and not self.demos:
+            raise UserError(f"--demo-draws {self.demo_draws}: draws sets of --demos, which is 0")
         if self.prompt_init not in PROMPT_INITS:
             raise UserError(f"--prompt-init {self.prompt_init}: choose from {', '.join(PROMPT_INITS)}")
 

@@ -9,6 +9,9 @@ and puts them where the template says `{demos}` (an instruction may come before 
 training split: a row whose answer is in the context would teach the search nothing. Every row of a run
 (train, dev, test) then carries the same demonstrations; the soft prompt (cue placement: the cue) still
 follows each row's own input.
+
+`--demo-draws M` (harness.choose_demos) draws M such sets and keeps the one whose template at z = 0 has the
+lowest training loss on the rows it leaves (the training rows only, one call per draw).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ MARK = "{demos}"
 SEPARATOR = "\n\n"
 
 
-def pick(rows: list[Example], num_labels: int, k: int, seed: int) -> list[Example]:
+def pick(rows: list[Example], num_labels: int, k: int, seed) -> list[Example]:
     """K rows of each class, in class order, from one permutation of the rows drawn from `seed`; rows whose
     text holds a template field (e.g. a literal "{text}") are never picked."""
     order = np.random.default_rng(seed).permutation(len(rows))
@@ -48,13 +51,19 @@ def write(task: Task, ex: Example) -> str:
     return body + task.decoder_cue + task.decoder_words[ex.label] + SEPARATOR
 
 
-def with_demos(task: Task, train: list[Example], k: int, seed: int) -> tuple[Task, list[Example]]:
-    """(The task with K demonstrations per class in its decoder template, the training rows left)."""
+def draw_seed(seed: int, draw: int):
+    """The permutation seed of draw `draw` (--demo-draws): draw 0 is the split seed's own."""
+    return seed if draw == 0 else [seed, draw]
+
+
+def with_demos(task: Task, train: list[Example], k: int, seed: int, draw: int = 0) -> tuple[Task, list[Example]]:
+    """(The task with K demonstrations per class in its decoder template, the training rows left); `draw`:
+    another set drawn from the same seed (draw_seed)."""
     if k == 0:
         if MARK in task.decoder_input:
             raise UserError(f"--template {task.decoder_input!r}: {MARK} marks where --demos go; --demos is 0")
         return task, train
-    chosen = pick(train, task.num_labels, k, seed)
+    chosen = pick(train, task.num_labels, k, draw_seed(seed, draw))
     text = "".join(write(task, ex) for ex in chosen)
     template = task.decoder_input if MARK in task.decoder_input else MARK + task.decoder_input
     left = [r for r in train if not any(r is ex for ex in chosen)]

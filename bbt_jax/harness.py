@@ -62,6 +62,7 @@ class Harness:
     frozen: dict
     encoded: dict  # split name -> list[tasks.Encoded]
     overflow: dict  # split name -> {"dropped": rows, "truncated": rows}
+    demo_draw: int = 0  # the --demo-draws draw kept (choose_demos)
     _fitness: dict = dataclasses.field(default_factory=dict, repr=False)  # split -> prepared Fitness
 
     @property
@@ -237,7 +238,7 @@ class Harness:
             n_prompt_tokens=self.layout.n_prompt, placement=self.layout.placement, family=self.model.family.name,
             layers=self.backbone.num_layers if self.deep else None,
             layer_schedule=s.layer_schedule if self.method == "bbtv2" else None,
-            split_seed=r.seed_of("split"),
+            split_seed=r.seed_of("split"), demo_draw=self.demo_draw if cfg.prompt.demos else None,
             init_prompt=cfg.prompt.init_prompt or None,
             test_rows=self.rows("test"), random_weights=self.model.random_weights,
             zero_lm_head_bias=cfg.model.zero_lm_head_bias if kind == "masked" else None,
@@ -298,13 +299,24 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
                                    label_words=p.label_words)
     splits = read_splits(cfg, task)
     model = model or load(cfg.model.model, cfg.model.tokenizer, default_tokenizer=default_tokenizer)
-    family, vocab = model.family, model.vocab
+    family = model.family
     if cfg.prompt.placement not in family.placements:
         kind = {"masked": "masked LMs", "causal": "decoder LMs"}[family.kind]
         raise UserError(f"--placement {cfg.prompt.placement}: {kind} take one of {family.placements}")
     if cfg.prompt.demos and family.kind != "causal":
         raise UserError(f"--demos {cfg.prompt.demos}: decoder LMs only (a masked LM's template holds one row)")
-    task, splits["train"] = demos_lib.with_demos(task, splits["train"], cfg.prompt.demos, cfg.run.seed_of("split"))
+    task, splits["train"], draw = choose_demos(cfg, task, splits["train"], model, log)
+    h = assemble(cfg, task, splits, model, demo_draw=draw)
+    if cfg.prompt.words_per_class > 1:  # M2: the words chosen on the training rows at the starting prompt
+        ids_CxW = choose_words(h, cfg.prompt.words_per_class)
+        verbalizer = jax.numpy.asarray(ids_CxW, jax.numpy.int32)
+        h = dataclasses.replace(h, verbalizer_C=ids_CxW, frozen={**h.frozen, "verbalizer": verbalizer}, _fitness={})
+    return h
+
+
+def assemble(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel, demo_draw: int = 0) -> Harness:
+    """The harness of `task` (its template final) on `splits` (name -> rows; any subset of train/dev/test)."""
+    family, vocab = model.family, model.vocab
     word_VxD = np.asarray(family.word_embeddings(model.params))
     layout = family.layout(task, vocab, cfg.prompt, word_VxD)
     if cfg.prompt.prompt_init != "placement" and not cfg.prompt.init_prompt:
@@ -324,11 +336,26 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
         if not enc.rows:
             raise UserError(f"--max-length {cfg.prompt.max_length}: every {k} row is too long (--overflow drop)")
         encoded[k], overflow[k] = enc.rows, {"dropped": enc.dropped, "truncated": enc.truncated}
-    params = family.head_params(model.params, cfg.model.zero_lm_head_bias)
-    frozen = make_frozen(params, verbalizer_C, cfg.model.dtype)
-    h = Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded, overflow)
-    if cfg.prompt.words_per_class > 1:  # M2: the words chosen on the training rows at the starting prompt
-        ids_CxW = choose_words(h, cfg.prompt.words_per_class)
-        h = Harness(cfg, task, model, h.backbone, ids_CxW, make_frozen(params, ids_CxW, cfg.model.dtype), encoded,
-                    overflow)
-    return h
+    frozen = make_frozen(family.head_params(model.params, cfg.model.zero_lm_head_bias), verbalizer_C, cfg.model.dtype)
+    return Harness(cfg, task, model, Backbone(family, model.config, layout), verbalizer_C, frozen, encoded, overflow,
+                   demo_draw=demo_draw)
+
+
+def choose_demos(cfg: Config, task: tasks_lib.Task, train: list, model: LoadedModel, log: Callable = print):
+    """(task with its demonstrations, the training rows left, the draw kept) for --demos / --demo-draws: of
+    M draws (demos.with_demos), the one whose template at z = 0 has the lowest training loss on its own rows
+    left, all padded to one shape (one compiled call); M = 1: draw 0 without scoring."""
+    p, seed = cfg.prompt, cfg.run.seed_of("split")
+    draws = [demos_lib.with_demos(task, train, p.demos, seed, draw=i) for i in range(p.demo_draws)]
+    if len(draws) == 1:
+        return (*draws[0], 0)
+    hs = [assemble(cfg, t, {"train": left}, model) for t, left in draws]
+    lengths = tuple(max(col) for col in zip(*(tasks_lib.bucket_lengths(h.buckets("train")) for h in hs), strict=True))
+    losses = jax.device_get([_start_loss(h.problem("train", lengths=lengths), h.start) for h in hs])
+    best = int(np.argmin(losses))
+    log(f"--demo-draws {p.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; draws "
+        f"{min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")
+    return (*draws[best], best)
+
+
+_start_loss = jax.jit(lambda problem, z: problem(z[None])[0][0])

@@ -7,7 +7,7 @@ how many seeds ended below the prompt they started from.
 A variant is a cell's label (the grid file's "variants"). Columns: test mean ± std over seeds (%), the start
 prompt's test score (z = 0, each cell's zero-shot), seeds whose test is below their start, the selected
 candidate's dev metric (mean; max over the run's dev evaluations, so optimistic) and z = 0's dev metric
-(mean), the generation of the selected candidate, the calls. `--choose` names the variant with the highest
+(mean), the generation of the selected candidate, the calls (+ --demo-draws' passes). `--choose` names the variant with the highest
 mean dev metric of its selected candidates, the rule for a recommended default (dev only, never test).
 """
 
@@ -27,6 +27,12 @@ from bbt_jax.report import find_results, format_mean_std, load_results, method_l
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _calls(res: dict) -> str:
+    """The run's calls; with --demo-draws M > 1 the M passes that chose the demonstrations too."""
+    draws = (res.get("config", {}).get("prompt") or {}).get("demo_draws", 1)
+    return f"{res['calls']} + {draws} draws" if draws > 1 else str(res["calls"])
 
 
 def main() -> int:
@@ -54,7 +60,7 @@ def main() -> int:
         lines.append(f"| {name} | {len(runs)} | {format_mean_std(tests)} | "
                      f"{format_mean_std(starts) if starts else '—'} | {below} of {len(starts)} | {_pct(dev)} | "
                      f"{_pct(statistics.mean(dev0)) if dev0 else '—'} | {', '.join(map(str, gens))} | "
-                     f"{runs[0]['calls']} |")
+                     f"{_calls(runs[0])} |")
         if len(runs) == max(len(v) for v in cells.values()) and (best is None or dev > best[1]):
             best = (name, dev)
     text = (f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n\n"
