@@ -344,14 +344,20 @@ def assemble(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel
 def choose_demos(cfg: Config, task: tasks_lib.Task, train: list, model: LoadedModel, log: Callable = print):
     """(task with its demonstrations, the training rows left, the draw kept) for --demos / --demo-draws: of
     M draws (demos.with_demos), the one whose template at z = 0 has the lowest training loss on its own rows
-    left, all padded to one shape (one compiled call); M = 1: draw 0 without scoring."""
+    left, all padded to one shape (one compiled call); M = 1: draw 0 without scoring. Each draw is a pass over
+    the training rows without an input cache to share (one call of the budget's unit, several search calls'
+    time)."""
     p, seed = cfg.prompt, cfg.run.seed_of("split")
     draws = [demos_lib.with_demos(task, train, p.demos, seed, draw=i) for i in range(p.demo_draws)]
     if len(draws) == 1:
         return (*draws[0], 0)
     hs = [assemble(cfg, t, {"train": left}, model) for t, left in draws]
     lengths = tuple(max(col) for col in zip(*(tasks_lib.bucket_lengths(h.buckets("train")) for h in hs), strict=True))
-    losses = jax.device_get([_start_loss(h.problem("train", lengths=lengths), h.start) for h in hs])
+    first, losses = hs[0], []
+    for h in hs:  # one compiled call: the draws share one backbone (its layout differs only in the template text)
+        h = dataclasses.replace(h, backbone=first.backbone, _fitness={})  # and one projection (p0: the same cue)
+        losses.append(_start_loss(h.problem("train", projection=first.projection, lengths=lengths), first.start))
+    losses = jax.device_get(losses)
     best = int(np.argmin(losses))
     log(f"--demo-draws {p.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; draws "
         f"{min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")

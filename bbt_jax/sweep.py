@@ -174,7 +174,9 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     """
     from bbt_jax.harness import build
 
-    hs = [build(c, default_tokenizer=default_tokenizer, model=model, log=lambda s: None) for c in cfgs]
+    first = distributed.process_index() == 0  # build logs only what it chose (e.g. --demo-draws' draw)
+    hs = [build(c, default_tokenizer=default_tokenizer, model=model,
+                log=(lambda s, c=c: log(f"[seed {c.run.seed}] {s}")) if first else (lambda s: None)) for c in cfgs]
     if any(h.method != hs[0].method for h in hs):
         return None
     if hs[0].gradient and any(not np.array_equal(h.layout.p0, hs[0].layout.p0) for h in hs):
