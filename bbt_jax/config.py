@@ -82,8 +82,8 @@ class PromptConfig:
                     "where the template says {demos} (BBT-RGB's In2 with an instruction in --template); 0: none")
     demo_draws: int = _f(1, "--demos: draw this many sets of demonstrations from the training rows (draw 0: the "
                          "split seed's, as with 1) and keep the set whose template (z = 0) has the lowest training "
-                         "loss on the rows it leaves; each draw costs one call (one pass over the training rows), "
-                         "not taken from --budget")
+                         "loss on the rows it leaves; each draw is one call (a pass over the training rows, without "
+                         "a shared input cache: several search calls' time), not taken from --budget")
     template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
                        "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
                        "(and {text_pair}), before the prompt and cue. Empty: the task's")
