@@ -45,6 +45,9 @@ def with_source_demos(cfg: C.Config, source: str, res: dict) -> C.Config:
     draw = (res.get("effective") or {}).get("demo_draw") or 0
     shown, _ = demos_lib.with_demos(task, read_splits(src, task)["train"], cfg.prompt.demos,
                                     src.run.seed_of("split"), draw=draw)
+    if not res.get("template", "").startswith(shown.decoder_input.split("{text}")[0]):
+        raise UserError(f"seed {cfg.run.seed}: the demonstrations rebuilt from its training rows are not the ones "
+                        "its results.json records")
     target = tasks_lib.get_task(cfg.run.task)
     if tasks_lib.with_template(target, template=cfg.prompt.template).decoder_input != task.decoder_input:
         raise UserError(f"--target {cfg.run.task}: its template differs from {source}'s; the source's "
@@ -90,7 +93,8 @@ def main() -> int:
         if cfg.prompt.demos:  # each seed's own source demonstrations in the target's template: a build per seed
             starts, scores = [], []
             for (_, res), s in zip(runs, saved, strict=True):
-                h = build(with_source_demos(cfg, args.source, res), model=model, log=lambda s: None)
+                own = artifact.config_for(s, task=args.target, test_rows=args.test_rows, data_dir=cfg.run.data_dir)
+                h = build(with_source_demos(own, args.source, res), model=model, log=lambda s: None)
                 metric = h.task.metric
                 both = h.test_metrics(jax.tree.map(lambda *x: jnp.stack(x), jnp.asarray(h.layout.p0, jnp.float32),
                                                    jnp.asarray(s.prompt, jnp.float32)))
