@@ -63,8 +63,8 @@ SEARCH_FIELDS = (
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets", "template", "cue", "label_words",
     "words_per_class", "demos", "demo_draws",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
-    "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "dev_smooth", "method", "layer_schedule", "refine_at",
-    "refine_sigma", "cv_folds",
+    "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "dev_smooth", "start_margin", "method",
+    "layer_schedule", "refine_at", "refine_sigma", "cv_folds",
     "optimizer", "lr", "lr_schedule", "warmup_steps", "weight_decay", "clip_norm",
 )
 # Gradient methods: the learning-rate schedule spans the budget (steps), so it may not change either; nor may

@@ -164,6 +164,11 @@ class SearchConfig:
     dev_smooth: int = _f(1, "select on the mean dev metric (and loss) of the last W dev evaluations, the "
                          "candidate being the newest of them: a run of good evaluations rather than one lucky "
                          "score on a few dev rows (1: off, each evaluation alone as bbt.py)")
+    start_margin: float = _f(-1.0, "keep the start: a candidate replaces z = 0 only if its dev metric exceeds "
+                             "z = 0's by MORE than this (metric units: with 32 dev rows 0.04 asks 2 rows more, 0 "
+                             "one), and a dev tie never leaves z = 0; once one has, selection goes on as usual. Needs "
+                             "--dev-init and --select-by metric (negative: off, z = 0 is one candidate among "
+                             "others)")
     refine_at: float = _f(0.0, "two-stage search (bbt): the strategy runs this fraction of the generations as "
                           "configured, then restarts at the best candidate so far with --refine-sigma for the "
                           "rest, at the same budget (0: off; bbt_jax/refine.py)")
@@ -204,6 +209,9 @@ class SearchConfig:
             raise UserError(f"--select-by {self.select_by}: choose from metric, loss")
         if self.dev_smooth < 1:
             raise UserError(f"--dev-smooth {self.dev_smooth}: must be >= 1 (1: off)")
+        if self.start_margin >= 0 and not (self.dev_init and self.select_by == "metric"):
+            raise UserError(f"--start-margin {self.start_margin}: needs --dev-init (z = 0 scored on dev first) and "
+                            f"--select-by metric")
         if self.sigma <= 0:
             raise UserError(f"--sigma {self.sigma}: must be > 0")
         if self.eval_every < 1:

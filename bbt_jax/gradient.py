@@ -165,7 +165,7 @@ class GradientSearch:
     def _dev_update(self, dev: PromptProblem, state: GradientState, params):
         loss, metrics = dev.fitness.member(dev.projection(params))
         return select_on_dev(state, params, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss,
-                             by=self.config.select_by)
+                             by=self.config.select_by, start_margin=self.config.start_margin)
 
     def _dev_init(self, dev: PromptProblem, state: GradientState):
         """Score the current params (x0 before any step) on dev first."""

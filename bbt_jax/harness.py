@@ -344,24 +344,35 @@ def assemble(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel
 def choose_demos(cfg: Config, task: tasks_lib.Task, train: list, model: LoadedModel, log: Callable = print):
     """(task with its demonstrations, the training rows left, the draw kept) for --demos / --demo-draws: of
     M draws (demos.with_demos), the one whose template at z = 0 has the lowest training loss on its own rows
-    left, all padded to one shape (one compiled call); M = 1: draw 0 without scoring. Each draw is a pass over
-    the training rows without an input cache to share (one call of the budget's unit, several search calls'
-    time)."""
-    p, seed = cfg.prompt, cfg.run.seed_of("split")
-    draws = [demos_lib.with_demos(task, train, p.demos, seed, draw=i) for i in range(p.demo_draws)]
-    if len(draws) == 1:
-        return (*draws[0], 0)
-    hs = [assemble(cfg, t, {"train": left}, model) for t, left in draws]
-    lengths = tuple(max(col) for col in zip(*(tasks_lib.bucket_lengths(h.buckets("train")) for h in hs), strict=True))
-    first, losses = hs[0], []
-    for h in hs:  # one compiled call: the draws share one backbone (its layout differs only in the template text)
-        h = dataclasses.replace(h, backbone=first.backbone, _fitness={})  # and one projection (p0: the same cue)
-        losses.append(_start_loss(h.problem("train", projection=first.projection, lengths=lengths), first.start))
-    losses = jax.device_get(losses)
+    left (`score_draws`); M = 1: draw 0 without scoring."""
+    if cfg.prompt.demo_draws == 1:
+        return (*demos_lib.with_demos(task, train, cfg.prompt.demos, cfg.run.seed_of("split"), draw=0), 0)
+    draws, losses, _ = score_draws(cfg, task, {"train": train}, model)
     best = int(np.argmin(losses))
-    log(f"--demo-draws {p.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; draws "
-        f"{min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")
+    log(f"--demo-draws {cfg.prompt.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; "
+        f"draws {min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")
     return (*draws[best], best)
+
+
+def score_draws(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel,
+                also: Callable | None = None) -> tuple[list, list, list]:
+    """(draws, training loss at z = 0 of each, `also(harness)` of each): the --demo-draws M draws of --demos K
+    from `splits["train"]` (the other splits ride along, e.g. dev for a probe), each scored on the training
+    rows it leaves. All draws are padded to one shape and share one backbone (the layout differs only in the
+    template text) and one projection (p0: the same cue): one compiled call. A draw's input cache goes with its
+    harness after scoring (one at a time in memory). A draw is a pass over the training rows without an input
+    cache to share (one call of the budget's unit, several search calls' time)."""
+    p, seed = cfg.prompt, cfg.run.seed_of("split")
+    draws = [demos_lib.with_demos(task, splits["train"], p.demos, seed, draw=i) for i in range(p.demo_draws)]
+    hs = [assemble(cfg, t, {**splits, "train": left}, model) for t, left in draws]
+    lengths = tuple(max(col) for col in zip(*(tasks_lib.bucket_lengths(h.buckets("train")) for h in hs), strict=True))
+    first, losses, extra = hs[0], [], []
+    for i in range(len(hs)):
+        h, hs[i] = dataclasses.replace(hs[i], backbone=first.backbone, _fitness={}), None
+        losses.append(_start_loss(h.problem("train", projection=first.projection, lengths=lengths), first.start))
+        if also is not None:
+            extra.append(also(h))
+    return draws, jax.device_get(losses), extra
 
 
 _start_loss = jax.jit(lambda problem, z: problem(z[None])[0][0])

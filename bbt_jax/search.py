@@ -214,7 +214,7 @@ class Search:
         """`valid` False (no finite training loss in the interval): score, but never select."""
         loss, metrics = dev.fitness.member(dev.projection(z_K))
         return select_on_dev(state, z_K, loss, metrics, tiebreak_loss=self.config.dev_tiebreak_loss, valid=valid,
-                             by=self.config.select_by)
+                             by=self.config.select_by, start_margin=self.config.start_margin)
 
     def _dev_init(self, dev: PromptProblem, state: SearchState):
         return self._dev_update(dev, state, jnp.zeros_like(state.best_dev_z))
@@ -257,13 +257,16 @@ class Search:
         return run_intervals(self, train, dev, state, es_params, history=history, on_interval=on_interval)
 
 
-def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True, by: str = "metric"):
+def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid=True, by: str = "metric",
+                  start_margin: float = -1.0):
     """bbt.py's dev selection, for every method's state (fields best_dev_perf/loss/z/generation, dev_window):
     `candidate` (any pytree) replaces the best if its dev metric is strictly better (or equal with a lower
     dev loss under `tiebreak_loss`), its dev loss is finite and `valid`. `by` "loss": strictly lower dev
     loss instead (best_dev_perf then holds the selected candidate's metric). With a `DevWindow` (--dev-smooth)
     the comparison uses the mean (metric, loss) of the window's evaluations, this one included (a valid,
     finite one enters the window); best_dev_perf/loss keep the selected candidate's own scores.
+    `start_margin` >= 0 (--start-margin, with `by` "metric"): while the kept candidate is z = 0 (scored first, at
+    generation 0), a candidate must exceed its dev metric by more than the margin, and a tie never replaces it.
     Returns (state, dev record)."""
     ok = valid & jnp.isfinite(loss)  # a candidate whose dev loss is NaN/inf is never selected
     perf, score_loss, best_perf, best_loss = metrics["perf"], loss, state.best_dev_perf, state.best_dev_loss
@@ -273,11 +276,14 @@ def select_on_dev(state, candidate, loss, metrics, *, tiebreak_loss: bool, valid
         recent = jnp.where(ok, shifted, window.recent_Wx2)
         perf, score_loss = jnp.nanmean(recent[:, 0]), jnp.nanmean(recent[:, 1])
         best_perf, best_loss = window.best_2[0], window.best_2[1]
-    better = perf > best_perf
+    at_start = jnp.asarray(False)
+    if start_margin >= 0:  # z = 0 is scored at generation 0, every candidate after a generation
+        at_start = state.best_dev_generation == 0
+    better = perf > best_perf + jnp.where(at_start, start_margin, 0.0)
     if by == "loss":
         better = score_loss < best_loss
     elif tiebreak_loss:  # equal dev metric, lower dev loss (32 dev rows tie often)
-        better |= (perf == best_perf) & (score_loss < best_loss)
+        better |= (perf == best_perf) & (score_loss < best_loss) & ~at_start
     better = ok & better
     state = state.replace(
         best_dev_perf=jnp.where(better, metrics["perf"], state.best_dev_perf),

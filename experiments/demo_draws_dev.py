@@ -5,7 +5,8 @@ Usage (from the repo root, after `make setup`):
     python experiments/demo_draws_dev.py --task sst2 --draws 20 --out experiments/search_quality/demo_draws_dev.md
 For each seed's 16-shot split: the M draws of `--demos K` (bbt_jax/demos.py, draw 0 = the split seed's, what
 `--demos` alone takes), each one's training loss at z = 0 on the rows it leaves (the rule's score, as
-harness.choose_demos computes it) and its dev accuracy at z = 0 (the template with those demonstrations).
+harness.score_draws computes it for choose_demos) and its dev accuracy at z = 0 (the template with those
+demonstrations).
 """
 
 import argparse
@@ -15,11 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from bbt_jax import config as C
-from bbt_jax import demos as demos_lib
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import run_main
 from bbt_jax.fitness import split_metrics
-from bbt_jax.harness import assemble, read_splits
+from bbt_jax.harness import read_splits, score_draws
 from bbt_jax.io import shared_path
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import cpu_model
@@ -46,18 +46,14 @@ def main() -> int:
                          demo_draws=a.draws)
         task = tasks_lib.get_task(a.task)
         splits = read_splits(cfg, task)
-        losses, devs = [], []
-        hs = []
-        for i in range(a.draws):
-            t, left = demos_lib.with_demos(task, splits["train"], a.demos, seed, draw=i)
-            hs.append(assemble(cfg, t, {"train": left, "dev": splits["dev"]}, model))
-        lengths = tuple(max(c) for c in zip(*(tasks_lib.bucket_lengths(h.buckets("train")) for h in hs), strict=True))
-        for h in hs:
-            z = h.start[None]
-            losses.append(float(h.problem("train", lengths=lengths)(z)[0][0]))
+
+        def dev_acc(h):  # the draw's template at z = 0 on the dev rows
             batches = tasks_lib.make_eval_batches(h.encoded["dev"], h.model.vocab.pad_id, batch_rows=32)
             prompt = h.projection(h.start)[None]
-            devs.append(100 * split_metrics(h.backbone, h.frozen, batches, prompt, h.task.metric)[0]["acc"])
+            return 100 * split_metrics(h.backbone, h.frozen, batches, prompt, h.task.metric)[0]["acc"]
+
+        _, losses, devs = score_draws(cfg, task, {"train": splits["train"], "dev": splits["dev"]}, model,
+                                      also=dev_acc)
         losses, devs = np.asarray(losses), np.asarray(devs)
         k = int(np.argmin(losses))
         rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731

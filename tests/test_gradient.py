@@ -226,3 +226,19 @@ def test_bitwise_resume_through_orbax(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert hist == hist_straight
     assert s.interval._cache_size() == 1
+
+
+def test_start_margin_gradient_keeps_what_the_reference_and_the_closed_form_keep():
+    """--start-margin in a gradient run (the same select_on_dev): the kept step is the slow reference's over
+    the run's own dev records and the closed form of experiments/start_margin.py; here x0 scores 7 of 24 dev
+    rows and the steps reach 19, so only a margin above 12 rows keeps x0."""
+    from tests.test_search import runs_with_margins
+
+    g = GradientConfig(optimizer="adamw", lr=0.01, weight_decay=0.01, clip_norm=0.1)
+    free, out = runs_with_margins(
+        lambda **extra: GradientSearch(toy_x0(), config=search_cfg(12, 1, dev_init=True, dev_tiebreak_loss=True,
+                                                                   **extra), gradient=g),
+        toy(), (0.0, 11.5 / 24, 12.5 / 24))
+    for margin, kept, reference, closed in out:
+        assert kept == reference == closed, margin
+    assert [kept for _, kept, _, _ in out] == [free, free, 0]

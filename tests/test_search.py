@@ -265,6 +265,86 @@ def test_dev_smooth_search_keeps_what_the_slow_reference_keeps(w):
     assert s.interval._cache_size() == 1
 
 
+def start_margin_choice(evals, margin, tiebreak=True):
+    """Slow reference of --start-margin: `evals` (metric, loss) in order, z = 0's first; while z = 0 is kept a
+    candidate must beat its metric by more than `margin` (a tie never leaves it), after that the usual rule."""
+    kept, best = 0, evals[0]
+    for i, (perf, loss) in enumerate(evals[1:], start=1):
+        if kept == 0:
+            take = perf > best[0] + margin
+        else:
+            take = perf > best[0] or (tiebreak and perf == best[0] and loss < best[1])
+        if take:
+            kept, best = i, (perf, loss)
+    return kept
+
+
+def test_start_margin_hand_computed():
+    """z = 0 at 0.75 (loss 0.5): a tie with a lower loss (0.75, 0.3) leaves it without the margin, never with
+    it; 0.78125 (one row of 32 more) leaves it at margin 0 but not at 1/32 (it must be MORE than the margin);
+    0.875 leaves it at 1/32; once left, a tie on a lower loss moves on as usual."""
+    from bbt_jax.search import select_on_dev
+
+    evals = [(0.75, 0.5), (0.75, 0.3), (0.78125, 0.6), (0.875, 0.7), (0.875, 0.2)]
+    for margin, kept in [(-1.0, [0, 1, 2, 3, 4]), (0.0, [0, 0, 2, 3, 4]), (1 / 32, [0, 0, 0, 3, 4]),
+                         (0.2, [0, 0, 0, 0, 0])]:
+        state = DevState(jnp.float32(-jnp.inf), jnp.float32(jnp.inf), jnp.float32(-1), jnp.int32(-1), jnp.int32(0))
+        for i, (acc, loss) in enumerate(evals):
+            metrics = {"perf": jnp.float32(acc), "acc": jnp.float32(acc)}
+            state, _ = select_on_dev(state, jnp.float32(i), jnp.float32(loss), metrics, tiebreak_loss=True,
+                                     start_margin=margin)
+            state = state.replace(generation=state.generation + 1)  # z = 0 at generation 0, candidates after
+            assert int(state.best_dev_z) == kept[i], (margin, i)
+        if margin >= 0:
+            assert kept[-1] == start_margin_choice(evals, margin)
+
+
+def runs_with_margins(make, problem, margins):
+    """(kept generation without the margin, [(margin, kept generation, reference's, closed form's)]) for the
+    runs `make(**extra)` builds on `problem`, dev every generation; the dev records must not change."""
+    def run(**extra):
+        s = make(**extra)
+        state, z0 = s.dev_init(problem, s.init(jax.random.PRNGKey(4)))
+        state, hist = s.run(problem, problem, state)
+        evals = [(float(z0["dev_perf"]), float(z0["dev_loss"]))] + [
+            (h["dev"]["dev_perf"], h["dev"]["dev_loss"]) for h in hist if "dev" in h]
+        return state, evals, [0] + [h["generation"] for h in hist if "dev" in h]
+
+    free, evals, gens = run()
+    out = []
+    for margin in margins:
+        state, evals_m, gens_m = run(start_margin=margin)
+        assert evals_m == evals and gens_m == gens  # the margin changes the selection, never the search
+        closed = int(free.best_dev_generation)  # experiments/start_margin.py's rule on the finished run
+        if not (closed > 0 and float(free.best_dev_perf) > evals[0][0] + margin + 1e-9):
+            closed = 0
+        out.append((margin, int(state.best_dev_generation), gens[start_margin_choice(evals, margin)], closed))
+    return int(free.best_dev_generation), out
+
+
+def test_start_margin_search_keeps_what_the_reference_and_the_closed_form_keep():
+    """With --start-margin the kept generation is the slow reference's over the run's own dev records, and the
+    closed form experiments/start_margin.py applies to finished runs (the run's choice without the margin if
+    its metric beats z = 0's by more than the margin, else z = 0); on this problem some margin changes it."""
+    p = as_problem(*toy_problem(1))  # 24 dev rows right: z = 0 11, the best candidates 16 (two, a tie)
+    free, out = runs_with_margins(
+        lambda **extra: make_search(budget=8 * 12, eval_every=8, dev_init=True, dev_tiebreak_loss=True, **extra),
+        p, (0.0, 3.5 / 24, 5.5 / 24))
+    for margin, kept, reference, closed in out:
+        assert kept == reference == closed, margin
+    assert any(kept != free for _, kept, _, _ in out)
+
+
+def test_start_margin_settings_are_checked():
+    from bbt_jax.errors import UserError
+
+    with pytest.raises(UserError, match="--start-margin 0.0: needs --dev-init"):
+        SearchConfig(start_margin=0.0)
+    with pytest.raises(UserError, match="--start-margin 0.03"):
+        SearchConfig(start_margin=0.03, dev_init=True, select_by="loss")
+    SearchConfig(start_margin=0.03, dev_init=True)  # fine
+
+
 def test_cv_folds_swap_train_and_dev_halfway_and_restart_at_zero():
     """--cv-folds 2: the first half searches on train and scores on dev, exactly as without it; the strategy
     then restarts at z = 0 with its step size, and the next generation's losses are the dev rows' (checked
