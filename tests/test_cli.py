@@ -109,6 +109,7 @@ BAD_INPUTS = {
     "popsize below 2": (lambda d, t: ["--popsize", "1"], "--popsize 1: must be >= 2"),
     "budget below popsize": (lambda d, t: ["--budget", "3"], "--budget 3: must be >= --popsize (4)"),
     "negative checkpoint period": (lambda d, t: ["--checkpoint-every", "-1"], "--checkpoint-every -1: must be >= 0"),
+    "start margin without dev init": (lambda d, t: ["--start-margin", "0"], "--start-margin 0.0: needs --dev-init"),
 }
 
 
