@@ -216,6 +216,16 @@ class Harness:
     def rows(self, split: str) -> int:
         return len(self.encoded[split])
 
+    def overflow_note(self) -> str | None:
+        """One line when --max-length cut or dropped rows (results.json "rows" has the counts): with
+        --demos on a task of long texts the demonstrations can leave little of each row's own text."""
+        cut = [f"{k} {v['truncated']} of {self.rows(k)} cut" + (f", {v['dropped']} dropped" if v["dropped"] else "")
+               for k, v in self.overflow.items() if v["truncated"] or v["dropped"]]
+        if not cut:
+            return None
+        return (f"note: --max-length {self.cfg.prompt.max_length} (the input text is cut, never the template"
+                f"{' and its demonstrations' if self.cfg.prompt.demos else ''}): rows {'; '.join(cut)}")
+
     def effective(self) -> dict:
         """Every setting as it took effect (flat names, as the flags); null where this run ignores it."""
         cfg, kind = self.cfg, self.model.family.kind

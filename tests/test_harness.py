@@ -47,6 +47,11 @@ def test_overflow_drop_and_truncate_are_counted(h, data_dir):
     assert t.overflow["test"]["truncated"] > 0 and t.overflow["test"]["dropped"] == 0 and t.rows("test") == 40
     assert d.overflow["test"]["dropped"] > 0 and d.rows("test") == 40 - d.overflow["test"]["dropped"]
     assert all(len(r.ids) <= 64 for r in d.encoded["test"])
+    tr, dr = t.overflow["train"]["truncated"], d.overflow["train"]["dropped"]
+    assert f"train {tr} of {t.rows('train')} cut" in t.overflow_note() and t.overflow_note().startswith(
+        "note: --max-length 64")
+    assert f"train 0 of {d.rows('train')} cut, {dr} dropped" in d.overflow_note() and dr > 0
+    assert harness(data_dir, model=h.model, max_length=512, test_rows=40).overflow_note() is None  # sst2 fits
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pt-embedding", "pt-tensor"])
