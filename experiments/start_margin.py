@@ -9,7 +9,8 @@ run's kept candidate is the lexicographic best of (dev metric, lower dev loss) o
 with a margin m >= 0 the kept candidate is that same one when its dev metric exceeds z = 0's by more than m,
 else z = 0 (the first candidate over the bar is at or before the best one, and after it the usual rule keeps the
 best). So each run's test under the margin is its own test or its start's test (zero_shot_test). Runs that do not
-qualify (no dev_z0, loss or smoothed selection, cross-validation) are counted and skipped.
+qualify (no dev_z0, loss or smoothed selection, cross-validation, a --start-margin above 0) are counted and
+skipped.
 
 Margins are given in dev rows (m = rows / the run's dev rows; for F1 the same fraction); 0 rows = a dev tie keeps
 the start (no tie-break on dev loss against z = 0).
@@ -31,7 +32,8 @@ def qualifies(res: dict) -> bool:
     s = res.get("config", {}).get("search", {})
     return (res.get("dev_z0") is not None and res.get("zero_shot_test") is not None
             and s.get("select_by", "metric") == "metric" and s.get("dev_smooth", 1) == 1
-            and s.get("cv_folds", 1) == 1)
+            and s.get("cv_folds", 1) == 1 and s.get("start_margin", -1.0) <= 0)  # a run with a margin > 0
+    # cannot tell what a smaller one would have kept
 
 
 def kept_test(res: dict, rows: float | None) -> float:
