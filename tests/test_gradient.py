@@ -238,7 +238,7 @@ def test_start_margin_gradient_keeps_what_the_reference_and_the_closed_form_keep
     free, out = runs_with_margins(
         lambda **extra: GradientSearch(toy_x0(), config=search_cfg(12, 1, dev_init=True, dev_tiebreak_loss=True,
                                                                    **extra), gradient=g),
-        toy(), (0.0, 11.5 / 24, 12.5 / 24))
+        toy(), (0.0, 11.5 / 24, 12.5 / 24), dev_rows=B)
     for margin, kept, reference, closed in out:
         assert kept == reference == closed, margin
     assert [kept for _, kept, _, _ in out] == [free, free, 0]

@@ -299,9 +299,12 @@ def test_start_margin_hand_computed():
             assert kept[-1] == start_margin_choice(evals, margin)
 
 
-def runs_with_margins(make, problem, margins):
+def runs_with_margins(make, problem, margins, dev_rows):
     """(kept generation without the margin, [(margin, kept generation, reference's, closed form's)]) for the
-    runs `make(**extra)` builds on `problem`, dev every generation; the dev records must not change."""
+    runs `make(**extra)` builds on `problem` (`dev_rows` dev rows), dev every generation; the dev records must
+    not change. The closed form is experiments/start_margin.py's own `kept`, on the free run's record."""
+    from experiments.start_margin import kept
+
     def run(**extra):
         s = make(**extra)
         state, z0 = s.dev_init(problem, s.init(jax.random.PRNGKey(4)))
@@ -315,9 +318,9 @@ def runs_with_margins(make, problem, margins):
     for margin in margins:
         state, evals_m, gens_m = run(start_margin=margin)
         assert evals_m == evals and gens_m == gens  # the margin changes the selection, never the search
-        closed = int(free.best_dev_generation)  # experiments/start_margin.py's rule on the finished run
-        if not (closed > 0 and float(free.best_dev_perf) > evals[0][0] + margin + 1e-9):
-            closed = 0
+        record = {"dev": {"best_generation": int(free.best_dev_generation), "best_perf": float(free.best_dev_perf)},
+                  "dev_z0": {"perf": evals[0][0]}, "rows": {"dev": {"used": dev_rows}}}
+        closed = int(free.best_dev_generation) if kept(record, margin * dev_rows) else 0
         out.append((margin, int(state.best_dev_generation), gens[start_margin_choice(evals, margin)], closed))
     return int(free.best_dev_generation), out
 
@@ -329,7 +332,7 @@ def test_start_margin_search_keeps_what_the_reference_and_the_closed_form_keep()
     p = as_problem(*toy_problem(1))  # 24 dev rows right: z = 0 11, the best candidates 16 (two, a tie)
     free, out = runs_with_margins(
         lambda **extra: make_search(budget=8 * 12, eval_every=8, dev_init=True, dev_tiebreak_loss=True, **extra),
-        p, (0.0, 3.5 / 24, 5.5 / 24))
+        p, (0.0, 3.5 / 24, 5.5 / 24), dev_rows=B)
     for margin, kept, reference, closed in out:
         assert kept == reference == closed, margin
     assert any(kept != free for _, kept, _, _ in out)
