@@ -161,8 +161,8 @@ def begin(cfg: Config, ckpt, *, default_tokenizer=None, log: Callable = print, o
     layers = f" x {h.backbone.num_layers} layers" if h.deep else ""
     log(f"task {h.task.name} | model {h.model.source} | {h.method} | N={h.layout.n_prompt}{layers} {what} | "
         f"train {h.rows('train')} dev {h.rows('dev')} test {h.rows('test')}")
-    if h.overflow_note():
-        log(h.overflow_note())
+    if note := h.overflow_note():
+        log(note)
     if h.model.random_weights:
         log(f"warning: {cfg.model.model} has RANDOM weights (a shape for timing, not a trained model); "
             "its accuracies mean nothing")
