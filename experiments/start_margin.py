@@ -29,11 +29,15 @@ from bbt_jax.report import find_results, format_mean_std, load_results, method_l
 
 
 def qualifies(res: dict) -> bool:
+    return plain_dev_choice(res) and res.get("zero_shot_test") is not None
+
+
+def plain_dev_choice(res: dict) -> bool:
+    """z = 0 scored on dev first and the dev metric selecting, one evaluation at a time, no margin above 0 (a
+    run with one cannot tell what a smaller one would have kept)."""
     s = res.get("config", {}).get("search", {})
-    return (res.get("dev_z0") is not None and res.get("zero_shot_test") is not None
-            and s.get("select_by", "metric") == "metric" and s.get("dev_smooth", 1) == 1
-            and s.get("cv_folds", 1) == 1 and s.get("start_margin", -1.0) <= 0)  # a run with a margin > 0
-    # cannot tell what a smaller one would have kept
+    return (res.get("dev_z0") is not None and s.get("select_by", "metric") == "metric"
+            and s.get("dev_smooth", 1) == 1 and s.get("cv_folds", 1) == 1 and s.get("start_margin", -1.0) <= 0)
 
 
 def kept_test(res: dict, rows: float | None) -> float:

@@ -1,0 +1,57 @@
+"""experiments/held_out_dev.py: the held-out rows of a seed (hand-computed) and the script end to end on a tiny
+run (its rescoring on the run's own dev rows gives the dev figures results.json recorded)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bbt_jax import config as C
+from bbt_jax import tasks as tasks_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, texts):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": t, "text_pair": None, "label": int(t[-1])}) + "\n" for t in texts))
+
+
+def test_held_out_rows_hand_computed(tmp_path):
+    """Seed 13's held-out rows: seeds 21 and 42's train then dev rows, in file order, each once, without any
+    row of seed 13's own train or dev file (same text AND label; "b0" is another row than "b1")."""
+    from experiments.held_out_dev import held_out_rows
+
+    splits = {13: (["a0", "a1"], ["b0", "c1"]), 21: (["d0", "a1"], ["e1", "c1", "b1"]), 42: (["e1", "f0"], ["g1"])}
+    for seed, (train, dev) in splits.items():
+        _write(tmp_path / "sst2" / "k-shot" / f"16-{seed}" / "train.jsonl", train)
+        _write(tmp_path / "sst2" / "k-shot" / f"16-{seed}" / "dev.jsonl", dev)
+    _write(tmp_path / "sst2" / "test.jsonl", ["t0", "t1"])
+    cfg = C.override(C.PRESETS["tiny"](), task="sst2", seed=13, data_dir=str(tmp_path))
+    rows = held_out_rows(cfg, tasks_lib.get_task("sst2"), [13, 21, 42])
+    assert [r.text for r in rows] == ["d0", "e1", "b1", "f0", "g1"]
+
+
+def test_held_out_dev_script_reproduces_the_runs_dev_figures(tmp_path, data_dir):
+    """A tiny run with z = 0 scored on dev: the script rescores its kept prompt and start on its own dev rows to
+    results.json's figures, and scores both on the other seeds' rows (as many as held_out_rows gives)."""
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "bbt_jax.cli", "train", "--preset", "tiny", "--task", "sst2",
+                        "--seed", "21", "--dev-init", "--data-dir", str(data_dir), "--out", str(run)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "held_out_dev.py"), str(run), "--task", "sst2",
+                        "--seeds", "21,42,87", "--out", str(tmp_path / "out")], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "out" / "sst2.json").read_text())
+    (one,) = out["variants"]["bbt"]
+    res = json.loads((run / "results.json").read_text())
+    assert one["reproduces"] is True and one["plain"] is True
+    assert abs(one["own_dev"]["kept"] - res["dev"]["best_perf"]) < 1e-6
+    assert abs(one["own_dev"]["start"] - res["dev_z0"]["perf"]) < 1e-6
+    from experiments.held_out_dev import held_out_rows
+
+    cfg = C.override(C.PRESETS["tiny"](), task="sst2", seed=21, data_dir=str(data_dir))
+    assert one["rows"] == len(held_out_rows(cfg, tasks_lib.get_task("sst2"), [21, 42, 87])) > 64
+    assert "| bbt | 1 |" in (tmp_path / "out" / "sst2.md").read_text()
