@@ -157,7 +157,8 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     The splits are padded to common bucket lengths (the loss does not depend on padding, up to float
     rounding). Each run keeps its own folder, checkpoints (its slice of the stacked state) and prompt
     artifact; the runs resume together when their checkpoints stand at the same generation. Returns None
-    (the caller runs them one by one) for splits of different row counts. ES cells may also differ in
+    (the caller runs them one by one) for splits of different row counts or different verbalizer words
+    (--words-per-class chooses them on each seed's training rows). ES cells may also differ in
     their initial prompt p0 (--init-prompt: it lives in each cell's projection). Gradient methods group
     when their p0 is the same (the template's, whatever the seed: only the rows differ per cell; their
     search holds x0 = p0), which gives one compilation of the forward+backward interval for the group.
@@ -181,6 +182,8 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
         return None
     if hs[0].gradient and any(not np.array_equal(h.layout.p0, hs[0].layout.p0) for h in hs):
         return None  # a gradient search holds its start x0 = p0: one search serves only cells of one p0
+    if any(not np.array_equal(h.verbalizer_C, hs[0].verbalizer_C) for h in hs):
+        return None  # the group scores with one frozen verbalizer: --words-per-class chooses words per seed
     lengths = {}
     for split in ("train", "dev"):
         shapes = [[int(b.input_ids_BxL.shape[0]) for b in h.buckets(split)] for h in hs]

@@ -1,5 +1,6 @@
 """Vmapped sweeps equal their solo runs; sharded populations equal one device."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -207,3 +208,35 @@ def test_a_task_s_methods_on_the_same_seeds_prepare_its_train_and_dev_rows_once(
     kept = set(model.stacked)
     assert train_group(cells("other", seeds=(13, 42)), model=model, **quiet) is not None
     assert len(prepared) == 12 and not kept & set(model.stacked) and len(model.stacked) == 2
+
+
+def test_seeds_with_their_own_verbalizer_words_run_one_by_one(tmp_path, data_dir):
+    """--words-per-class chooses words on each seed's training rows; a seed group scores every cell with ONE
+    frozen verbalizer, so cells whose words differ are left to run one by one (before session 17 they ran
+    grouped with the first seed's words), and the sweep's cells equal their runs alone."""
+    from bbt_jax import config as config_lib
+    from bbt_jax import grid as grid_lib
+    from bbt_jax.harness import build
+    from bbt_jax.models.registry import load
+    from bbt_jax.sweep import train_group
+    from bbt_jax.train import train
+    from tests.conftest import ROBERTA_TOKENIZER
+
+    model = load("tiny", str(ROBERTA_TOKENIZER))
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), budget=8, eval_every=4, test_rows=16,
+                               num_buckets=1, eval_buckets=1, words_per_class=2, dev_init=True,
+                               tokenizer=str(ROBERTA_TOKENIZER))
+    cfgs = [config_lib.override(base, seed=seed, out=str(tmp_path / "group" / str(seed))) for seed in (13, 21)]
+    words = [build(c, model=model, log=lambda s: None).verbalizer_C for c in cfgs]
+    assert not np.array_equal(*words)  # the seeds' words differ (else this test could not fail)
+    assert train_group(cfgs, model=model, log=lambda s: None) is None
+    (tmp_path / "sweep").mkdir()
+    folders = grid_lib.run(base, {"seed": [13, 21]}, tmp_path / "sweep", spec={}, environment={},
+                           log=lambda s: None)
+    for seed, folder, w in zip((13, 21), folders, words, strict=True):
+        swept = json.loads((folder / "results.json").read_text())
+        solo = train(config_lib.override(base, seed=seed, out=str(tmp_path / "solo" / str(seed))), model=model,
+                     zero_shot=True, log=lambda s: None, out=tmp_path / "solo" / str(seed))
+        assert swept["verbalizer"]["ids"] == np.asarray(w).tolist() == solo["verbalizer"]["ids"]
+        assert swept["dev_z0"] == solo["dev_z0"] and swept["dev"]["best_perf"] == solo["dev"]["best_perf"]
+        assert swept["test"] == solo["test"]
