@@ -39,6 +39,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments.*` when run as a script
 
@@ -48,7 +49,7 @@ from bbt_jax import data as data_lib  # noqa: E402
 from bbt_jax import tasks as tasks_lib  # noqa: E402
 from bbt_jax.errors import UserError, run_main  # noqa: E402
 from bbt_jax.harness import assemble, read_splits  # noqa: E402
-from bbt_jax.io import shared_path, write_bytes_atomic, write_json_atomic  # noqa: E402
+from bbt_jax.io import read_json, shared_path, write_bytes_atomic, write_json_atomic  # noqa: E402
 from bbt_jax.models.registry import load  # noqa: E402
 from bbt_jax.provenance import cpu_model  # noqa: E402
 from bbt_jax.report import find_results, format_mean_std, load_results, method_label  # noqa: E402
@@ -111,7 +112,8 @@ def main() -> int:
     p.add_argument("root", nargs="+", help="sweep folders (their cells' labels name the variants)")
     p.add_argument("--task", default="sst2")
     p.add_argument("--seeds", default="13,21,42,87,100", help="the k-shot seeds whose rows are pooled")
-    p.add_argument("--only", default="", help="comma-separated variant labels: score only these")
+    p.add_argument("--only", default="", help="comma-separated variant labels: score only these and merge them "
+                   "into <out>'s table (the variants already there stay)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:
@@ -161,6 +163,12 @@ def main() -> int:
         runs.sort(key=lambda r: r["seed"])
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
+    if only and (folder / f"{args.task}.json").is_file():  # merge: the variants scored before stay
+        before = read_json(folder / f"{args.task}.json", str(folder / f"{args.task}.json"), "held-out json")
+        out["variants"] = {**{k: v for k, v in before["variants"].items() if k not in out["variants"]},
+                           **out["variants"]}
+        out["added"] = before.get("added", []) + [{"only": sorted(only), "cpu": out["cpu"]}]
+        out["cpu"] = before["cpu"]
     write_json_atomic(folder / f"{args.task}.json", out)
     text = table(out, args)
     write_bytes_atomic(folder / f"{args.task}.md", text.encode())
@@ -186,7 +194,9 @@ def table(out: dict, args) -> str:
     full = max(len(v) for v in variants.values())
     lines = [f"# Held-out dev on {out['task']}: kept prompts scored on rows no run selected on", "",
              f"Command: `python experiments/held_out_dev.py {' '.join(args.root)} --task {out['task']} --out "
-             f"{args.out}`" + (f" --only {args.only}" if args.only else "") + f"; CPU: {out['cpu']}.", "",
+             f"{args.out}`; CPU: {out['cpu']}."] + [
+                 f"Then `--only {','.join(a['only'])}` (CPU: {a['cpu']}): those variants scored again and merged here."
+                 for a in out.get("added", [])] + ["",
              "Per seed, the other seeds' 16-shot train and dev rows not in its own (held-out rows, mean per seed "
              "below); accuracy %, mean ± std over seeds; below: seeds whose kept prompt scores under their start "
              "there. `own dev reproduced`: runs whose rescoring on their own dev rows gives results.json's dev "
@@ -214,6 +224,14 @@ def table(out: dict, args) -> str:
                      f"{format_mean_std([100 * r['test'] for r in runs])} |")
     lines += ["", f"The declared rule's choice (highest mean held-out accuracy; ties: as run, then the smaller "
               f"margin): **{best[0]}, {margin_name(best[1])}** ({best[2]:.2f})."]
+    means = {k: [statistics.mean(r[f] if f != "own_dev" else r[f]["kept"] for r in runs) for f in
+                 ("kept", "own_dev", "test")] for k, runs in variants.items() if len(runs) == full}
+    if len(means) > 2:  # read after the choice, for the reading only
+        held, own, test = zip(*means.values(), strict=True)
+        lines += ["", f"Read after the choice: over the {len(means)} variants, the rank correlation (Spearman) of "
+                  f"the mean test score as run with the mean held-out score is {spearmanr(held, test)[0]:.2f}, with "
+                  f"the mean score of the kept prompts on their own dev rows (what they were selected on) "
+                  f"{spearmanr(own, test)[0]:.2f}."]
     return "\n".join(lines) + "\n"
 
 

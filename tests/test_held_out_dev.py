@@ -55,3 +55,12 @@ def test_held_out_dev_script_reproduces_the_runs_dev_figures(tmp_path, data_dir)
     cfg = C.override(C.PRESETS["tiny"](), task="sst2", seed=21, data_dir=str(data_dir))
     assert one["rows"] == len(held_out_rows(cfg, tasks_lib.get_task("sst2"), [21, 42, 87])) > 64
     assert "| bbt | 1 |" in (tmp_path / "out" / "sst2.md").read_text()
+    # --only scores those variants again and merges them into the table already there
+    before = (tmp_path / "out" / "sst2.json").read_text()
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "held_out_dev.py"), str(run), "--task", "sst2",
+                        "--seeds", "21,42,87", "--only", "bbt", "--out", str(tmp_path / "out")], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((tmp_path / "out" / "sst2.json").read_text())
+    assert again["variants"] == json.loads(before)["variants"] and again["added"][0]["only"] == ["bbt"]
+    assert "Then `--only bbt`" in (tmp_path / "out" / "sst2.md").read_text()
