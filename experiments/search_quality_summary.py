@@ -7,8 +7,10 @@ how many seeds ended below the prompt they started from.
 A variant is a cell's label (the grid file's "variants"). Columns: test mean ± std over seeds (%), the start
 prompt's test score (z = 0, each cell's zero-shot), seeds whose test is below their start, the selected
 candidate's dev metric (mean; max over the run's dev evaluations, so optimistic) and z = 0's dev metric
-(mean), the generation of the selected candidate, the calls (+ --demo-draws' passes). `--choose` names the variant with the highest
-mean dev metric of its selected candidates, the rule for a recommended default (dev only, never test).
+(mean), the generation of the selected candidate, the calls (+ --demo-draws' passes). The last line names the
+variant with the highest mean dev metric of its selected candidates: the rule for the recommended default from
+session 8 to 16, biased towards variants that read dev more often; since session 17 experiments/held_out_dev.py
+chooses it on rows no run selected on.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def main() -> int:
             best = (name, dev)
     text = (f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n\n"
             f"Highest mean dev metric of the selected candidates (variants with every seed): {best[0]} "
-            f"({_pct(best[1])}).\n")
+            f"({_pct(best[1])}); the preset's rule until session 17, now experiments/held_out_dev.py's.\n")
     write_bytes_atomic(Path(args.out), text.encode())
     print(text)
     return 0
