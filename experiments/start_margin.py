@@ -33,11 +33,16 @@ def qualifies(res: dict) -> bool:
 
 
 def plain_dev_choice(res: dict) -> bool:
-    """z = 0 scored on dev first and the dev metric selecting, one evaluation at a time, no margin above 0 (a
-    run with one cannot tell what a smaller one would have kept)."""
+    """`best_on_dev` without a margin above 0 (a run with one cannot tell what a smaller one would have kept)."""
+    return best_on_dev(res) and res.get("config", {}).get("search", {}).get("start_margin", -1.0) <= 0
+
+
+def best_on_dev(res: dict) -> bool:
+    """z = 0 scored on dev first and the dev metric selecting, one evaluation at a time (any start margin): the
+    kept candidate's dev metric is results.json's dev.best_perf."""
     s = res.get("config", {}).get("search", {})
     return (res.get("dev_z0") is not None and s.get("select_by", "metric") == "metric"
-            and s.get("dev_smooth", 1) == 1 and s.get("cv_folds", 1) == 1 and s.get("start_margin", -1.0) <= 0)
+            and s.get("dev_smooth", 1) == 1 and s.get("cv_folds", 1) == 1)
 
 
 def kept_test(res: dict, rows: float | None) -> float:
