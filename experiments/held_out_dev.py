@@ -93,7 +93,7 @@ def score(cfg: C.Config, task: tasks_lib.Task, rows: list, saved: artifact.Saved
     """(metric of the start p0, metric of the kept prompt) on `rows`, in one pass (the run's verbalizer ids)."""
     h = assemble(cfg, task, {"test": rows}, model)
     ids_CxW = np.asarray(saved.card["verbalizer"]["ids"], np.int32)
-    if ids_CxW.shape != np.shape(h.verbalizer_C):  # --words-per-class: the words the run chose on its train rows
+    if not np.array_equal(ids_CxW, h.verbalizer_C):  # --words-per-class: the words the run chose on its train rows
         h = dataclasses.replace(h, verbalizer_C=ids_CxW, frozen={**h.frozen, "verbalizer": jnp.asarray(ids_CxW)})
     p0 = jnp.asarray(saved.p0_NxD, jnp.float32)
     prompts = jax.tree.map(lambda a, b: jnp.stack([jnp.broadcast_to(a, b.shape), b]),
