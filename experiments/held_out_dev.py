@@ -6,8 +6,8 @@
 A run keeps the candidate that scored best on its seed's dev rows (32 for sst2), so that candidate's dev
 metric is optimistic, the more so the more often dev was read (the max of 21 noisy scores against 5): the
 rule that chose the recommended preset until session 16 ("highest mean dev metric of the selected candidates")
-favours the variants that read dev most. Here each seed's kept prompt and the prompt it started from (z = 0) are scored on
-rows that seed's run never saw: the other seeds' 16-shot rows of the same task (their train AND dev files,
+favours the variants that read dev most. Here each seed's kept prompt and the prompt it started from (z = 0)
+are scored on rows that seed's run never saw: the other seeds' 16-shot rows of the same task (their train AND dev files,
 drawn from the task's training set like its own), less duplicates and any row of its own train or dev file.
 No test row is read. With 5 seeds that is about 250 held-out rows per seed on sst2 (32 dev rows in the run).
 
