@@ -118,6 +118,12 @@ class Harness:
         """What identifies `prepared_rows(split, lengths)` across harnesses of one loaded model (fitness.rows_key)."""
         return rows_key(self.backbone, self.frozen, self.buckets(split, lengths))
 
+    def with_verbalizer(self, ids_CxW) -> Harness:
+        """This harness scoring the label word ids `ids_CxW` (C, or C x W for several words per class); its
+        prepared splits are not carried over (they hold the verbalizer)."""
+        frozen = {**self.frozen, "verbalizer": jax.numpy.asarray(ids_CxW, jax.numpy.int32)}
+        return dataclasses.replace(self, verbalizer_C=ids_CxW, frozen=frozen, _fitness={})
+
     def release_fitness(self) -> None:
         """Forget the prepared splits (`fitness`); a later call prepares them again."""
         self._fitness.clear()
@@ -318,9 +324,7 @@ def build(cfg: Config, *, default_tokenizer: str | Path | None = None, model: Lo
     task, splits["train"], draw = choose_demos(cfg, task, splits["train"], model, log)
     h = assemble(cfg, task, splits, model, demo_draw=draw)
     if cfg.prompt.words_per_class > 1:  # M2: the words chosen on the training rows at the starting prompt
-        ids_CxW = choose_words(h, cfg.prompt.words_per_class)
-        verbalizer = jax.numpy.asarray(ids_CxW, jax.numpy.int32)
-        h = dataclasses.replace(h, verbalizer_C=ids_CxW, frozen={**h.frozen, "verbalizer": verbalizer}, _fitness={})
+        h = h.with_verbalizer(choose_words(h, cfg.prompt.words_per_class))
     return h
 
 

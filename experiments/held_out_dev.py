@@ -30,8 +30,6 @@ Writes <out>/<task>.json (per run: seed, held-out rows, kept/start held-out accu
 from __future__ import annotations
 
 import argparse
-import collections
-import dataclasses
 import statistics
 import sys
 from pathlib import Path
@@ -52,8 +50,8 @@ from bbt_jax.harness import assemble, read_splits  # noqa: E402
 from bbt_jax.io import read_json, shared_path, write_bytes_atomic, write_json_atomic  # noqa: E402
 from bbt_jax.models.registry import load  # noqa: E402
 from bbt_jax.provenance import cpu_model  # noqa: E402
-from bbt_jax.report import find_results, format_mean_std, load_results, method_label  # noqa: E402
-from experiments.off_domain import with_source_demos  # noqa: E402
+from bbt_jax.report import format_mean_std  # noqa: E402
+from experiments.off_domain import finished_cells, with_source_demos  # noqa: E402
 from experiments.start_margin import best_on_dev, kept, plain_dev_choice  # noqa: E402
 
 MARGINS = (None, 0.0, 1.0, 2.0)  # dev rows; None: as run
@@ -94,7 +92,7 @@ def score(cfg: C.Config, task: tasks_lib.Task, rows: list, saved: artifact.Saved
     h = assemble(cfg, task, {"test": rows}, model)
     ids_CxW = np.asarray(saved.card["verbalizer"]["ids"], np.int32)
     if not np.array_equal(ids_CxW, h.verbalizer_C):  # --words-per-class: the words the run chose on its train rows
-        h = dataclasses.replace(h, verbalizer_C=ids_CxW, frozen={**h.frozen, "verbalizer": jnp.asarray(ids_CxW)})
+        h = h.with_verbalizer(ids_CxW)
     p0 = jnp.asarray(saved.p0_NxD, jnp.float32)
     prompts = jax.tree.map(lambda a, b: jnp.stack([jnp.broadcast_to(a, b.shape), b]),
                            p0 if saved.layers_YxNxD is None else {"input": p0, "layers": jnp.zeros_like(
@@ -121,12 +119,10 @@ def main() -> int:
     except ValueError:
         raise UserError(f"--seeds {args.seeds}: comma-separated integers") from None
     only = {x for x in args.only.split(",") if x}
-    cells = collections.defaultdict(list)
-    for path in find_results(args.root):
-        res = load_results(path)
-        if (res.get("task") == args.task and (path.parent / artifact.CARD_FILE).is_file()
-                and (not only or method_label(res) in only)):
-            cells[method_label(res)].append((path.parent, res))
+    cells, missing = finished_cells(args.root, args.task, only)
+    if missing:
+        raise UserError(f"--only {args.only}: no finished {args.task} cells labelled {', '.join(sorted(missing))} "
+                        f"in {' '.join(args.root)}")
     if not cells:
         raise UserError(f"{' '.join(args.root)}: no finished {args.task} cells with a prompt"
                         + (f" labelled {args.only}" if only else ""))
