@@ -33,7 +33,7 @@ from bbt_jax.harness import build, read_splits
 from bbt_jax.io import shared_path, write_json_atomic
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import cpu_model
-from bbt_jax.report import METHOD_ORDER, format_mean_std, load_results, method_label, test_metric
+from bbt_jax.report import METHOD_ORDER, find_results, format_mean_std, load_results, method_label, test_metric
 
 
 def with_source_demos(cfg: C.Config, source: str, res: dict) -> C.Config:
@@ -55,6 +55,18 @@ def with_source_demos(cfg: C.Config, source: str, res: dict) -> C.Config:
     return C.override(cfg, template=shown.decoder_input, demos=0, demo_draws=1)
 
 
+def finished_cells(roots, task: str, only) -> tuple[dict, list[str]]:
+    """({label: [(folder, results)]} of the finished `task` cells under `roots` with a saved prompt, only the
+    labels in `only` if any are given; the labels of `only` not found)."""
+    cells = collections.defaultdict(list)
+    for path in find_results(roots):
+        res = load_results(path)
+        if res.get("task") == task and (path.parent / artifact.CARD_FILE).is_file():
+            cells[method_label(res)].append((path.parent, res))
+    missing = [x for x in only if x not in cells]
+    return ({k: v for k, v in cells.items() if k in only} if only else dict(cells)), missing
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("root")
@@ -66,18 +78,11 @@ def main() -> int:
                    "into <out>'s table (the other methods already there stay)")
     args = p.parse_args()
     only = [x for x in args.only.split(",") if x]
-    cells = collections.defaultdict(list)
-    for res_path in sorted(Path(args.root).rglob("results.json")):
-        res = load_results(res_path)
-        if res.get("task") == args.source and (res_path.parent / artifact.CARD_FILE).is_file():
-            cells[res.get("label") or method_label(res)].append((res_path.parent, res))
-    if only:
-        missing = [x for x in only if x not in cells]
-        if missing:
-            print(f"--only {args.only}: no finished {args.source} cells labelled {', '.join(missing)} in {args.root}",
-                  file=sys.stderr)
-            return 1
-        cells = {k: v for k, v in cells.items() if k in only}
+    cells, missing = finished_cells([args.root], args.source, only)
+    if missing:
+        print(f"--only {args.only}: no finished {args.source} cells labelled {', '.join(missing)} in {args.root}",
+              file=sys.stderr)
+        return 1
     if not cells:
         print(f"{args.root}: no finished {args.source} cells with a prompt", file=sys.stderr)
         return 1
