@@ -61,7 +61,7 @@ SEARCH_FIELDS = (
     "model", "tokenizer", "dtype", "zero_lm_head_bias",
     "n_prompt_tokens", "intrinsic_dim", "alpha", "proj_sigma", "random_proj", "placement", "init_prompt", "prompt_init",
     "decoder_splice", "overflow", "verbalizer_space", "max_length", "num_buckets", "template", "cue", "label_words",
-    "words_per_class", "demos", "demo_draws",
+    "words_per_class", "demos", "demo_draws", "demo_none",
     "strategy", "es_params", "popsize", "sigma", "bound", "bound_handling", "rank_ties", "dev_candidate", "loss",
     "eval_every", "dev_init", "dev_tiebreak_loss", "select_by", "dev_smooth", "start_margin", "method",
     "layer_schedule", "refine_at", "refine_sigma", "cv_folds",

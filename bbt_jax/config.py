@@ -84,6 +84,10 @@ class PromptConfig:
                          "split seed's, as with 1) and keep the set whose template (z = 0) has the lowest training "
                          "loss on the rows it leaves; each draw is one call (a pass over the training rows, without "
                          "a shared input cache: several search calls' time), not taken from --budget")
+    demo_none: bool = _f(False, "--demos: also score the template WITHOUT demonstrations on all the training rows "
+                         "(one more call) and keep it, with every training row, when its training loss at z = 0 is "
+                         "below every draw's (demo_draw -1 in results.json): a task whose start the demonstrations "
+                         "hurt keeps its own template")
     template: str = _f("", "the task's template in place of its own (README, \"Templates\"): masked LMs the whole "
                        "template with {prompt}, {text}, {mask} (and {text_pair}); decoders the input part with {text} "
                        "(and {text_pair}), before the prompt and cue. Empty: the task's")
@@ -116,6 +120,8 @@ class PromptConfig:
             raise UserError(f"--demo-draws {self.demo_draws}: must be >= 1")
         if self.demo_draws > 1 and not self.demos:
             raise UserError(f"--demo-draws {self.demo_draws}: draws sets of --demos, which is 0")
+        if self.demo_none and not self.demos:
+            raise UserError("--demo-none: weighs the template against --demos, which is 0")
         if self.prompt_init not in PROMPT_INITS:
             raise UserError(f"--prompt-init {self.prompt_init}: choose from {', '.join(PROMPT_INITS)}")
 

@@ -11,7 +11,8 @@ training split: a row whose answer is in the context would teach the search noth
 follows each row's own input.
 
 `--demo-draws M` (harness.choose_demos) draws M such sets and keeps the one whose template at z = 0 has the
-lowest training loss on the rows it leaves (the training rows only, one call per draw).
+lowest training loss on the rows it leaves (the training rows only, one call per draw); `--demo-none` weighs
+the template without demonstrations (`without_demos`, on every training row) against them by the same loss.
 """
 
 from __future__ import annotations
@@ -68,3 +69,8 @@ def with_demos(task: Task, train: list[Example], k: int, seed: int, draw: int = 
     template = task.decoder_input if MARK in task.decoder_input else MARK + task.decoder_input
     left = [r for r in train if not any(r is ex for ex in chosen)]
     return dataclasses.replace(task, decoder_input=template.replace(MARK, text)), left
+
+
+def without_demos(task: Task) -> Task:
+    """The task with no demonstrations, its template's {demos} mark (if any) left empty: --demo-none's candidate."""
+    return dataclasses.replace(task, decoder_input=task.decoder_input.replace(MARK, ""))

@@ -358,14 +358,32 @@ def assemble(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel
 def choose_demos(cfg: Config, task: tasks_lib.Task, train: list, model: LoadedModel, log: Callable = print):
     """(task with its demonstrations, the training rows left, the draw kept) for --demos / --demo-draws: of
     M draws (demos.with_demos), the one whose template at z = 0 has the lowest training loss on its own rows
-    left (`score_draws`); M = 1: draw 0 without scoring."""
-    if cfg.prompt.demo_draws == 1:
-        return (*demos_lib.with_demos(task, train, cfg.prompt.demos, cfg.run.seed_of("split"), draw=0), 0)
+    left (`score_draws`); M = 1: draw 0 without scoring. --demo-none: the task's template without
+    demonstrations, on every training row, is one more candidate (kept as draw -1 when its loss is lowest)."""
+    p = cfg.prompt
+    if p.demo_draws == 1 and not p.demo_none:
+        return (*demos_lib.with_demos(task, train, p.demos, cfg.run.seed_of("split"), draw=0), 0)
     draws, losses, _ = score_draws(cfg, task, {"train": train}, model)
     best = int(np.argmin(losses))
-    log(f"--demo-draws {cfg.prompt.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; "
+    log(f"--demo-draws {p.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; "
         f"draws {min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")
+    if p.demo_none:
+        plain, loss, _ = score_without_demos(cfg, task, {"train": train}, model)
+        keep = loss < losses[best]
+        log(f"--demo-none: the template without demonstrations, training loss at z = 0 {loss:.4f} on all "
+            f"{len(train)} training rows: {'kept (no demonstrations)' if keep else f'draw {best} kept'}")
+        if keep:
+            return plain, train, -1
     return (*draws[best], best)
+
+
+def score_without_demos(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel,
+                        also: Callable | None = None) -> tuple[tasks_lib.Task, float, object]:
+    """(the task without demonstrations, its training loss at z = 0 on every row of `splits["train"]`,
+    `also(harness)`): --demo-none's candidate, scored as `score_draws` scores a draw."""
+    h = assemble(cfg, demos_lib.without_demos(task), splits, model)
+    loss = float(_start_loss(h.problem("train"), h.start))
+    return h.task, loss, also(h) if also is not None else None
 
 
 def score_draws(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel,

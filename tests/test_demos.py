@@ -109,30 +109,40 @@ def test_a_seed_group_with_each_seed_s_own_demos_equals_its_solo_runs(tmp_path, 
         assert g["zero_shot_test"] == alone["zero_shot_test"] and g["template"] == alone["template"]
 
 
-def test_demo_draws_keep_the_draw_with_the_lowest_training_loss_at_z0(data_dir, roberta_tokenizer):
-    """The rule against a slow reference: every draw built alone at its own shapes, its loss at z = 0 by hand."""
-    from bbt_jax.harness import assemble, build, read_splits
+def _tiny_llama(roberta_tokenizer, scale=10.0):
     from bbt_jax.models import llama
     from bbt_jax.models.family import LoadedModel
 
     cfg = llama.LlamaConfig(vocab_size=50265, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2)
-    params = jax.tree.map(lambda x: 10 * x, llama.init_params(cfg, jax.random.PRNGKey(1)))
-    model = LoadedModel(llama.FAMILY, cfg, params, llama.make_vocab(roberta_tokenizer, cfg), "test:tiny-llama")
+    params = jax.tree.map(lambda x: scale * x, llama.init_params(cfg, jax.random.PRNGKey(1)))
+    return LoadedModel(llama.FAMILY, cfg, params, llama.make_vocab(roberta_tokenizer, cfg), "test:tiny-llama")
+
+
+def _loss_at_z0_by_hand(cfg, task, train, model):
+    """Cross-entropy at z = 0 of `task` on `train`, built alone at its own shapes (the slow reference)."""
+    from bbt_jax.harness import assemble
+
+    one = assemble(cfg, task, {"train": train}, model)
+    fit = one.fitness("train")
+    logits_BxC = np.asarray(fit.logits(one.projection(one.start)), np.float64)
+    logp_BxC = logits_BxC - np.log(np.exp(logits_BxC).sum(-1, keepdims=True))
+    w_B, y_B = np.asarray(fit.data.weight_B), np.asarray(fit.data.labels_B)
+    return -(w_B * logp_BxC[np.arange(len(y_B)), y_B]).sum() / w_B.sum()
+
+
+def test_demo_draws_keep_the_draw_with_the_lowest_training_loss_at_z0(data_dir, roberta_tokenizer):
+    """The rule against a slow reference: every draw built alone at its own shapes, its loss at z = 0 by hand."""
+    from bbt_jax.harness import build, read_splits
+
+    model = _tiny_llama(roberta_tokenizer)
     base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), placement="cue", test_rows=4,
                                max_length=256, demos=1)
     draws = 6
     h = build(config_lib.override(base, demo_draws=draws), model=model, log=lambda s: None)
     train, seed = read_splits(base, SST2)["train"], base.run.seed_of("split")
-    losses = []
-    for i in range(draws):
-        task, left = demos.with_demos(SST2, train, 1, seed=seed, draw=i)
-        one = assemble(base, task, {"train": left}, model)
-        fit = one.fitness("train")  # its own shapes
-        logits_BxC = np.asarray(fit.logits(one.projection(one.start)), np.float64)
-        logp_BxC = logits_BxC - np.log(np.exp(logits_BxC).sum(-1, keepdims=True))
-        w_B, y_B = np.asarray(fit.data.weight_B), np.asarray(fit.data.labels_B)
-        losses.append(-(w_B * logp_BxC[np.arange(len(y_B)), y_B]).sum() / w_B.sum())  # cross-entropy by hand
+    losses = [_loss_at_z0_by_hand(base, *demos.with_demos(SST2, train, 1, seed=seed, draw=i), model)
+              for i in range(draws)]
     assert len(set(losses)) > 1  # the draws differ
     kept = int(np.argmin(losses))
     assert h.demo_draw == kept and h.effective()["demo_draw"] == kept
@@ -142,3 +152,31 @@ def test_demo_draws_keep_the_draw_with_the_lowest_training_loss_at_z0(data_dir, 
     assert plain.demo_draw == 0 and plain.task == demos.with_demos(SST2, train, 1, seed=seed)[0]
     with pytest.raises(UserError, match="--demo-draws 3: draws sets of --demos, which is 0"):
         config_lib.override(config_lib.tiny(), demo_draws=3)
+
+
+@pytest.mark.parametrize(("scale", "none_wins"), [(10.0, True), (3.0, False)])  # both outcomes, by hand
+def test_demo_none_weighs_the_template_without_demonstrations_against_the_draws(data_dir, roberta_tokenizer, scale,
+                                                                                none_wins):
+    """--demo-none keeps whichever of {no demonstrations on every training row, each draw on the rows it leaves}
+    has the lowest loss at z = 0 by hand; kept, the template loses its {demos} mark and keeps every row."""
+    from bbt_jax.harness import build, read_splits
+
+    model = _tiny_llama(roberta_tokenizer, scale)
+    task = with_template(SST2, template="Classify.\n\n{demos}Review: {text}")
+    base = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), placement="cue", test_rows=4,
+                               max_length=256, demos=1, demo_draws=3, template=task.decoder_input)
+    train, seed = read_splits(base, task)["train"], base.run.seed_of("split")
+    plain = _loss_at_z0_by_hand(base, demos.without_demos(task), train, model)
+    drawn = [_loss_at_z0_by_hand(base, *demos.with_demos(task, train, 1, seed=seed, draw=i), model) for i in range(3)]
+    h = build(config_lib.override(base, demo_none=True), model=model, log=lambda s: None)
+    assert (plain < min(drawn)) == none_wins
+    if none_wins:
+        assert h.demo_draw == -1 and h.effective()["demo_draw"] == -1
+        assert h.task.decoder_input == "Classify.\n\nReview: {text}" and len(h.encoded["train"]) == len(train)
+    else:
+        kept = int(np.argmin(drawn))
+        assert h.demo_draw == kept and h.task == demos.with_demos(task, train, 1, seed=seed, draw=kept)[0]
+        assert len(h.encoded["train"]) == len(train) - 2
+    with pytest.raises(UserError, match="--demo-none: weighs the template against --demos, which is 0"):
+        config_lib.override(config_lib.tiny(), demo_none=True)
+
