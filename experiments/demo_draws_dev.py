@@ -5,12 +5,13 @@ demonstrations by the same loss) keep the template where demonstrations hurt? De
 Usage (from the repo root, after `make setup`):
     python experiments/demo_draws_dev.py --task sst2 --draws 20 --out experiments/search_quality/demo_draws_dev.md
     python experiments/demo_draws_dev.py --task sst2,yelpp,agnews,mrpc,rte,snli --draws 5 --max-length 384 \
-        --none --out experiments/search_quality/demo_none_dev.md
+        --none --kept-only --out experiments/search_quality/demo_none_dev.md
 For each task and seed's 16-shot split: the M draws of `--demos K` (bbt_jax/demos.py, draw 0 = the split seed's,
 what `--demos` alone takes), each one's training loss at z = 0 on the rows it leaves (the rule's score, as
 harness.score_draws computes it for choose_demos) and its dev metric at z = 0 (the template with those
 demonstrations; F1 for mrpc). `--none`: also the template without demonstrations on every training row
-(harness.score_without_demos, --demo-none's candidate) and what --demo-none keeps.
+(harness.score_without_demos, --demo-none's candidate) and what --demo-none keeps. `--kept-only`: the dev
+metric of the rule's draw only (one dev pass instead of M: the long tasks' scan in the time there is).
 """
 
 import argparse
@@ -23,7 +24,7 @@ from bbt_jax import config as C
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import run_main
 from bbt_jax.fitness import split_metrics
-from bbt_jax.harness import read_splits, score_draws, score_without_demos
+from bbt_jax.harness import assemble, read_splits, score_draws, score_without_demos
 from bbt_jax.io import shared_path
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import cpu_model
@@ -37,6 +38,7 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--max-length", type=int, default=C.demo().prompt.max_length)
     ap.add_argument("--none", action="store_true", help="also the template without demonstrations (--demo-none)")
+    ap.add_argument("--kept-only", action="store_true", help="dev of the rule's draw only (not of every draw)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     names = a.task.split(",")
@@ -44,7 +46,8 @@ def main() -> int:
         tasks_lib.get_task(name)  # a clear error before the model loads
     model = load("smollm2", "")
     command = (f"python experiments/demo_draws_dev.py --task {a.task} --demos {a.demos} --draws {a.draws} "
-               f"--max-length {a.max_length}{' --none' if a.none else ''} --out {a.out}")
+               f"--max-length {a.max_length}{' --none' if a.none else ''}{' --kept-only' if a.kept_only else ''} "
+               f"--out {a.out}")
     lines = [f"# --demo-draws on dev: {a.task}, --demos {a.demos}, {a.draws} draws (z = 0, SmolLM2-135M-Instruct)", "",
              f"Command: `{command}`; CPU: {cpu_model()}.", ""]
     head = ("| task | seed | dev of draw 0 | dev of the rule's draw (lowest train loss) | kept draw | best dev of any "
@@ -67,14 +70,21 @@ def main() -> int:
                 prompt = h.projection(h.start)[None]
                 return 100 * split_metrics(h.backbone, h.frozen, batches, prompt, h.task.metric)[0][h.task.metric]
 
-            _, losses, devs = score_draws(cfg, task, splits, model, also=dev_metric)
-            losses, devs = np.asarray(losses), np.asarray(devs)
-            k = int(np.argmin(losses))
-            rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-            rho = float(np.corrcoef(rank(losses), rank(-devs))[0, 1])
-            kept_dev.append(devs[k]), first_dev.append(devs[0])
-            row = (f"| {name} | {seed} | {devs[0]:.1f} | {devs[k]:.1f} | {k} | {devs.max():.1f} | {devs.mean():.1f} | "
-                   f"{rho:.2f} |")
+            if a.kept_only:  # dev of the rule's draw only: rebuilt after the scoring (one dev pass, not M)
+                draws, losses, _ = score_draws(cfg, task, {"train": splits["train"]}, model)
+                k = int(np.argmin(losses))
+                kept = dev_metric(assemble(cfg, draws[k][0], {"train": draws[k][1], "dev": splits["dev"]}, model))
+                kept_dev.append(kept)
+                row = f"| {name} | {seed} | - | {kept:.1f} | {k} | - | - | - |"
+            else:
+                _, losses, devs = score_draws(cfg, task, splits, model, also=dev_metric)
+                devs = np.asarray(devs)
+                k = int(np.argmin(losses))
+                rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
+                rho = float(np.corrcoef(rank(losses), rank(-devs))[0, 1])
+                kept_dev.append(devs[k]), first_dev.append(devs[0])
+                row = (f"| {name} | {seed} | {devs[0]:.1f} | {devs[k]:.1f} | {k} | {devs.max():.1f} | "
+                       f"{devs.mean():.1f} | {rho:.2f} |")
             if a.none:
                 _, loss, dev = score_without_demos(cfg, task, splits, model, also=dev_metric)
                 keep = loss < losses[k]  # the rule of harness.choose_demos
@@ -83,7 +93,8 @@ def main() -> int:
                         f"{chosen_dev[-1]:.1f} |")
             lines.append(row)
             print(row, f"({time.time() - t0:.0f} s)", flush=True)
-        mean = f"| {name} | mean | {np.mean(first_dev):.1f} | {np.mean(kept_dev):.1f} | | | | |"
+        first = f"{np.mean(first_dev):.1f}" if first_dev else "-"
+        mean = f"| {name} | mean | {first} | {np.mean(kept_dev):.1f} | | | | |"
         if a.none:
             mean += f" | {np.mean(none_dev):.1f} | | {np.mean(chosen_dev):.1f} |"
         lines.append(mean), summary.append(mean)
