@@ -88,7 +88,7 @@ def main() -> int:
             if a.none:
                 _, loss, dev = score_without_demos(cfg, task, splits, model, also=dev_metric)
                 keep = loss < losses[k]  # the rule of harness.choose_demos
-                none_dev.append(dev), chosen_dev.append(dev if keep else devs[k])
+                none_dev.append(dev), chosen_dev.append(dev if keep else kept_dev[-1])
                 row += (f" {losses[k]:.4f} / {loss:.4f} | {dev:.1f} | {'no demos' if keep else f'draw {k}'} | "
                         f"{chosen_dev[-1]:.1f} |")
             lines.append(row)
