@@ -4,7 +4,7 @@ demonstrations by the same loss) keep the template where demonstrations hurt? De
 
 Usage (from the repo root, after `make setup`):
     python experiments/demo_draws_dev.py --task sst2 --draws 20 --out experiments/search_quality/demo_draws_dev.md
-    python experiments/demo_draws_dev.py --task sst2,yelpp,agnews,mrpc,rte,snli --draws 5 --max-length 384 \
+    python experiments/demo_draws_dev.py --task mrpc,snli,rte,yelpp,agnews --draws 5 --max-length 512 \
         --none --kept-only --out experiments/search_quality/demo_none_dev.md
 For each task and seed's 16-shot split: the M draws of `--demos K` (bbt_jax/demos.py, draw 0 = the split seed's,
 what `--demos` alone takes), each one's training loss at z = 0 on the rows it leaves (the rule's score, as
