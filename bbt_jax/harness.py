@@ -364,17 +364,24 @@ def choose_demos(cfg: Config, task: tasks_lib.Task, train: list, model: LoadedMo
     if p.demo_draws == 1 and not p.demo_none:
         return (*demos_lib.with_demos(task, train, p.demos, cfg.run.seed_of("split"), draw=0), 0)
     draws, losses, _ = score_draws(cfg, task, {"train": train}, model)
-    best = int(np.argmin(losses))
+    best = kept_draw(losses)
     log(f"--demo-draws {p.demo_draws}: kept draw {best} (training loss at z = 0 {losses[best]:.4f}; "
         f"draws {min(losses):.4f}-{max(losses):.4f}, draw 0 {losses[0]:.4f})")
     if p.demo_none:
         plain, loss, _ = score_without_demos(cfg, task, {"train": train}, model)
-        keep = loss < losses[best]
+        keep = kept_draw(losses, loss) == -1
         log(f"--demo-none: the template without demonstrations, training loss at z = 0 {loss:.4f} on all "
             f"{len(train)} training rows: {'kept (no demonstrations)' if keep else f'draw {best} kept'}")
         if keep:
             return plain, train, -1
     return (*draws[best], best)
+
+
+def kept_draw(losses, loss_without: float | None = None) -> int:
+    """choose_demos' rule: the draw with the lowest training loss at z = 0 (the first on a tie), or -1 (no
+    demonstrations, --demo-none) when the template without them has a strictly lower loss than that draw."""
+    best = int(np.argmin(losses))
+    return -1 if loss_without is not None and loss_without < losses[best] else best
 
 
 def score_without_demos(cfg: Config, task: tasks_lib.Task, splits: dict, model: LoadedModel,

@@ -24,7 +24,7 @@ from bbt_jax import config as C
 from bbt_jax import tasks as tasks_lib
 from bbt_jax.errors import run_main
 from bbt_jax.fitness import split_metrics
-from bbt_jax.harness import assemble, read_splits, score_draws, score_without_demos
+from bbt_jax.harness import assemble, kept_draw, read_splits, score_draws, score_without_demos
 from bbt_jax.io import shared_path
 from bbt_jax.models.registry import load
 from bbt_jax.provenance import cpu_model
@@ -72,14 +72,14 @@ def main() -> int:
 
             if a.kept_only:  # dev of the rule's draw only: rebuilt after the scoring (one dev pass, not M)
                 draws, losses, _ = score_draws(cfg, task, {"train": splits["train"]}, model)
-                k = int(np.argmin(losses))
+                k = kept_draw(losses)
                 kept = dev_metric(assemble(cfg, draws[k][0], {"train": draws[k][1], "dev": splits["dev"]}, model))
                 kept_dev.append(kept)
                 row = f"| {name} | {seed} | - | {kept:.1f} | {k} | - | - | - |"
             else:
                 _, losses, devs = score_draws(cfg, task, splits, model, also=dev_metric)
                 devs = np.asarray(devs)
-                k = int(np.argmin(losses))
+                k = kept_draw(losses)
                 rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
                 rho = float(np.corrcoef(rank(losses), rank(-devs))[0, 1])
                 kept_dev.append(devs[k]), first_dev.append(devs[0])
@@ -87,7 +87,7 @@ def main() -> int:
                        f"{devs.mean():.1f} | {rho:.2f} |")
             if a.none:
                 _, loss, dev = score_without_demos(cfg, task, splits, model, also=dev_metric)
-                keep = loss < losses[k]  # the rule of harness.choose_demos
+                keep = kept_draw(losses, loss) == -1
                 none_dev.append(dev), chosen_dev.append(dev if keep else kept_dev[-1])
                 row += (f" {losses[k]:.4f} / {loss:.4f} | {dev:.1f} | {'no demos' if keep else f'draw {k}'} | "
                         f"{chosen_dev[-1]:.1f} |")

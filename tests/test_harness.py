@@ -108,3 +108,14 @@ def test_paper_preset_is_the_original():
     assert p.search.strategy == "pycma_es" and p.search.dev_candidate == "at-eval"
     assert p.prompt.overflow == "drop" and p.model.zero_lm_head_bias is False and p.prompt.max_length == 512
     assert p.search.rank_ties == "ordinal" and p.search.bound_handling == "transform"
+
+
+def test_kept_draw_is_the_lowest_loss_first_on_a_tie_and_no_demonstrations_only_when_strictly_lower():
+    """choose_demos' rule (also demo_draws_dev.py's), by hand on losses whose answer is known."""
+    from bbt_jax.harness import kept_draw
+
+    assert kept_draw([0.5, 0.3, 0.4]) == 1
+    assert kept_draw([0.5, 0.3, 0.3]) == 1  # a tie keeps the first draw
+    assert kept_draw(np.array([0.5, 0.3, 0.4]), 0.29) == -1  # the template alone is lower: no demonstrations
+    assert kept_draw([0.5, 0.3, 0.4], 0.3) == 1  # a tie keeps the draw
+    assert kept_draw([0.5, 0.3, 0.4], 0.45) == 1
