@@ -4,7 +4,8 @@ how many seeds ended below the prompt they started from.
     python experiments/search_quality_summary.py experiments/search_quality/runs \
         --out experiments/search_quality/summary.md
 
-A variant is a cell's label (the grid file's "variants"). Columns: test mean ± std over seeds (%), the start
+A variant is a cell's label (the grid file's "variants"), per task (a task column when the runs span several
+tasks, and then no dev rule line). Columns: test mean ± std over seeds (%), the start
 prompt's test score (z = 0, each cell's zero-shot), seeds whose test is below their start, the selected
 candidate's dev metric (mean; max over the run's dev evaluations, so optimistic) and z = 0's dev metric
 (mean), the generation of the selected candidate, the calls (+ --demo-draws' passes). The last line names the
@@ -45,29 +46,31 @@ def main() -> int:
     cells = collections.defaultdict(list)
     for path in find_results(args.root):
         res = load_results(path)
-        cells[method_label(res)].append(res)
+        cells[(res.get("task", ""), method_label(res))].append(res)
     if not cells:
         print(f"error: {' '.join(args.root)}: no results.json", file=sys.stderr)
         return 2
-    lines = ["| variant | runs | test (%) | start's test | below start | dev of selected | dev of z = 0 | "
-             "selected at generation | calls |", "|---|---|---|---|---|---|---|---|---|"]
+    several = len({task for task, _ in cells}) > 1  # a task column when the cells span several tasks
+    lines = ["| " + "task | " * several + "variant | runs | test (%) | start's test | below start | dev of selected | "
+             "dev of z = 0 | selected at generation | calls |", "|" + "---|" * (9 + several)]
     best = None
-    for name, runs in cells.items():
+    for (task, name), runs in cells.items():
         tests = [100 * r["test"][test_metric(r)] for r in runs]
         starts = [100 * r["zero_shot_test"][test_metric(r)] for r in runs if r.get("zero_shot_test")]
         below = sum(t < s - 1e-9 for t, s in zip(tests, starts, strict=False))
         dev = statistics.mean(r["dev"]["best_perf"] for r in runs)
         dev0 = [r["dev_z0"]["perf"] for r in runs if r.get("dev_z0")]
         gens = sorted(r["dev"].get("best_generation") for r in runs)
-        lines.append(f"| {name} | {len(runs)} | {format_mean_std(tests)} | "
+        lines.append(f"| {task + ' | ' if several else ''}{name} | {len(runs)} | {format_mean_std(tests)} | "
                      f"{format_mean_std(starts) if starts else '—'} | {below} of {len(starts)} | {_pct(dev)} | "
                      f"{_pct(statistics.mean(dev0)) if dev0 else '—'} | {', '.join(map(str, gens))} | "
                      f"{_calls(runs[0])} |")
         if len(runs) == max(len(v) for v in cells.values()) and (best is None or dev > best[1]):
             best = (name, dev)
-    text = (f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n\n"
-            f"Highest mean dev metric of the selected candidates (variants with every seed): {best[0]} "
-            f"({_pct(best[1])}); the preset's rule until session 17, now experiments/held_out_dev.py's.\n")
+    text = f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n"
+    if not several:  # the dev rule compares variants of one task
+        text += (f"\nHighest mean dev metric of the selected candidates (variants with every seed): {best[0]} "
+                 f"({_pct(best[1])}); the preset's rule until session 17, now experiments/held_out_dev.py's.\n")
     write_bytes_atomic(Path(args.out), text.encode())
     print(text)
     return 0
