@@ -65,7 +65,7 @@ def main() -> int:
                      f"{format_mean_std(starts) if starts else '—'} | {below} of {len(starts)} | {_pct(dev)} | "
                      f"{_pct(statistics.mean(dev0)) if dev0 else '—'} | {', '.join(map(str, gens))} | "
                      f"{_calls(runs[0])} |")
-        if len(runs) == max(len(v) for v in cells.values()) and (best is None or dev > best[1]):
+        if not several and len(runs) == max(len(v) for v in cells.values()) and (best is None or dev > best[1]):
             best = (name, dev)
     text = f"Machine: {cpu_model()}. Runs: {', '.join(args.root)}.\n\n" + "\n".join(lines) + "\n"
     if not several:  # the dev rule compares variants of one task
