@@ -38,15 +38,26 @@ _PROBLEM_AXES = PromptProblem(fitness=None, projection=0)
 # counts GRADIENT_ROW_WEIGHT pairs (the backward pass keeps every layer's activations).
 GROUP_MEMBER_ROWS = {"cpu": 4096}
 GRADIENT_ROW_WEIGHT = 8
+# bytes of prepared train + dev rows (the decoder's input caches) one call of a seed group may hold stacked, per
+# backend. On CPU (session 20, AMD EPYC, experiments/group_chunk_bench.py): dbpedia's 5 cells (2.12 GiB each)
+# in one call held ~19 GB of the 24 GB VM and ran 1.21x slower per cell-call than one cell at a time; the other
+# tasks' cells hold <= 0.4 GiB and keep their 5-cell groups under this bound.
+GROUP_ROWS_BYTES = {"cpu": 4 << 30}
 
 
 def group_plan(cells: int, members: int, rows: int, *, gradient: bool = False,
-               budget: int | None = None) -> tuple[int, int]:
+               budget: int | None = None, cell_bytes: int = 0,
+               bytes_budget: int | None = None) -> tuple[int, int]:
     """(cells per call, population chunk) that keep a seed group's call under `budget` member x row pairs:
     all cells in one call with the population in chunks where one member per cell fits, else the cells
     split into calls of as many as fit (gradient searches have one member and always split). Chunk 0:
-    the whole population at once. Without a budget: (cells, 0)."""
+    the whole population at once. Without a budget: (cells, 0). `cell_bytes` (a cell's prepared train
+    and dev rows) under `bytes_budget`: at most that many cells per call, at least one."""
     weight = GRADIENT_ROW_WEIGHT if gradient else 1
+    if bytes_budget is not None and cell_bytes > 0:
+        cells_fit = max(1, bytes_budget // cell_bytes)
+        if cells_fit < cells:
+            return group_plan(cells_fit, members, rows, gradient=gradient, budget=budget)
     if budget is None or cells * members * rows * weight <= budget:
         return cells, 0
     per_call = max(1, min(cells, budget // (rows * weight)))
@@ -164,8 +175,9 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     search holds x0 = p0), which gives one compilation of the forward+backward interval for the group.
 
     Memory (--pop-chunk -1, one process): a call scores at most GROUP_MEMBER_ROWS[backend] member x
-    train-row pairs (`group_plan`): the population goes in chunks, or the cells in smaller groups of one
-    shape; results' vmapped (runs, pop_chunk) says what ran.
+    train-row pairs and holds at most GROUP_ROWS_BYTES[backend] of stacked train/dev rows (`group_plan`):
+    the population goes in chunks, or the cells in smaller groups of one shape; results' vmapped (runs,
+    pop_chunk) says what ran.
 
     Under several processes (distributed.py) every process calls it with the same configs: the cells
     are sharded in contiguous blocks over every process's devices (`distributed.block_owners`), the
@@ -194,14 +206,23 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
     if cfgs[0].search.pop_chunk == -1 and distributed.process_count() == 1:  # auto: bounded by the backend's budget
         members = 1 if hs[0].gradient else (chunk or cfgs[0].search.popsize)
         rows = sum(int(b.input_ids_BxL.shape[0]) for b in hs[0].buckets("train"))  # one cell's train rows
+        backend = jax.default_backend()
         per_call, bounded = group_plan(len(cfgs), members, rows, gradient=hs[0].gradient,
-                                       budget=GROUP_MEMBER_ROWS.get(jax.default_backend()))
+                                       budget=GROUP_MEMBER_ROWS.get(backend),
+                                       cell_bytes=prepared_bytes(hs[0], lengths),
+                                       bytes_budget=GROUP_ROWS_BYTES.get(backend))
         chunk = bounded or chunk
     if per_call < len(cfgs):
-        log(f"{len(cfgs)} seeds in groups of {per_call} (memory bound: sweep.GROUP_MEMBER_ROWS)")
+        log(f"{len(cfgs)} seeds in groups of {per_call} (memory bounds: sweep.GROUP_MEMBER_ROWS, GROUP_ROWS_BYTES)")
     return [r for i in range(0, len(cfgs), per_call)
             for r in _train_cells(cfgs[i:i + per_call], hs[i:i + per_call], lengths, chunk, log=log,
                                   zero_shot=zero_shot)]
+
+
+def prepared_bytes(h, lengths: dict) -> int:
+    """Bytes of a cell's prepared train and dev rows at the group's bucket `lengths` (shapes only: nothing is
+    computed)."""
+    return sum(nbytes(jax.eval_shape(lambda s=split: h.prepared_rows(s, lengths[s]))) for split in ("train", "dev"))
 
 
 def _train_cells(cfgs, hs, lengths, chunk, *, log, zero_shot):

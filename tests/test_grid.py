@@ -270,10 +270,12 @@ def test_vmapped_gradient_seeds_equal_their_solo_runs(tmp_path, data_dir, capsys
     assert c13[0]["best_loss"] != c21[0]["best_loss"]  # two splits: the cells differ
 
 
-@pytest.mark.parametrize("method", ["bbt", "prompt-tuning"])
-def test_a_memory_bounded_seed_group_equals_its_solo_runs(tmp_path, data_dir, capsys, monkeypatch, method):
+@pytest.mark.parametrize("method, bound", [("bbt", "pairs"), ("prompt-tuning", "pairs"), ("bbt", "bytes")])
+def test_a_memory_bounded_seed_group_equals_its_solo_runs(tmp_path, data_dir, capsys, monkeypatch, method, bound):
     """Under a member x row budget (sweep.GROUP_MEMBER_ROWS), an ES group scores its population in
-    chunks and a gradient group runs in smaller groups of seeds; each cell still equals its run alone."""
+    chunks and a gradient group runs in smaller groups of seeds; under a bytes budget for the stacked rows
+    (sweep.GROUP_ROWS_BYTES) that no cell fits, the cells run one per call; each cell still equals its run
+    alone."""
     from bbt_jax import sweep
 
     def argv(out, *extra):
@@ -286,13 +288,17 @@ def test_a_memory_bounded_seed_group_equals_its_solo_runs(tmp_path, data_dir, ca
     gradient = method == "prompt-tuning"
     # ES: 3 cells x 2 members fit (tiny RoBERTa's own chunk is 4 on CPU); gradient: 2 cells of 8-weighted rows
     budget = 2 * rows * sweep.GRADIENT_ROW_WEIGHT if gradient else 3 * 2 * rows
-    monkeypatch.setattr(sweep, "GROUP_MEMBER_ROWS", {jax.default_backend(): budget})
+    monkeypatch.setattr(sweep, "GROUP_MEMBER_ROWS", {jax.default_backend(): budget} if bound == "pairs" else {})
+    monkeypatch.setattr(sweep, "GROUP_ROWS_BYTES", {jax.default_backend(): 1} if bound == "bytes" else {})
     assert cli.main(argv(tmp_path / "vmap")) == 0
     printed = capsys.readouterr().out
-    assert ("3 seeds in groups of 2" in printed) == gradient
-    for seed, runs in zip((13, 21, 42), (2, 2, 1) if gradient else (3, 3, 3), strict=True):
+    split_to = 2 if gradient else 1 if bound == "bytes" else 0
+    assert (f"3 seeds in groups of {split_to}" in printed) == bool(split_to)
+    runs_of = {2: (2, 2, 1), 1: (1, 1, 1), 0: (3, 3, 3)}[split_to]
+    chunk = 0 if gradient else 4 if bound == "bytes" else 2  # bytes: the model's own chunk, no pairs bound
+    for seed, runs in zip((13, 21, 42), runs_of, strict=True):
         a, b = (json.loads((tmp_path / m / f"seed={seed}" / "results.json").read_text()) for m in ("solo", "vmap"))
-        assert b["vmapped"]["runs"] == runs and b["vmapped"]["pop_chunk"] == (0 if gradient else 2)
+        assert b["vmapped"]["runs"] == runs and b["vmapped"]["pop_chunk"] == chunk
         np.testing.assert_allclose([r["best_loss"] for r in b["curve"]], [r["best_loss"] for r in a["curve"]],
                                    rtol=1e-4, atol=1e-6)
         assert b["dev"] == a["dev"] and b["test"] == a["test"]
@@ -311,6 +317,22 @@ def test_group_plan(args, plan):
     cells, members, rows, *gradient = args
     assert group_plan(cells, members, rows, gradient=bool(gradient), budget=8192) == plan
     assert group_plan(cells, members, rows, gradient=bool(gradient), budget=None) == (cells, 0)
+    # a bytes budget that every cell fits changes nothing
+    assert group_plan(cells, members, rows, gradient=bool(gradient), budget=8192, cell_bytes=10,
+                      bytes_budget=10 * cells) == plan
+
+
+@pytest.mark.parametrize("args, plan", [
+    ((5, 20, 224, 2, 4), (2, 18)),  # 2 cells' rows fit in bytes; 2 x 20 x 224 > 8192: chunks of 8192 // 448
+    ((5, 20, 224, 5, 4), (1, 0)),  # not even one cell fits: one per call (at least one); 20 x 224 <= 8192
+    ((5, 20, 64, 2, 7), (3, 0)),  # 3 cells x 20 x 64 = 3840 pairs fit too
+    ((5, 20, 64, 0, 1), (5, 0)),  # bytes unknown (0): no bytes bound
+])
+def test_group_plan_under_a_bytes_budget(args, plan):
+    from bbt_jax.sweep import group_plan
+
+    cells, members, rows, cell_bytes, bytes_budget = args
+    assert group_plan(cells, members, rows, budget=8192, cell_bytes=cell_bytes, bytes_budget=bytes_budget) == plan
 
 
 def test_a_sweep_drops_a_task_s_prepared_test_batches_when_it_moves_on(tmp_path, data_dir, monkeypatch):

@@ -152,6 +152,24 @@ def test_a_seed_group_frees_each_cell_s_own_prepared_rows_before_its_test_pass(t
     assert refs and alive_at_test == [0]
 
 
+def test_prepared_bytes_are_the_bytes_of_the_rows_once_prepared(data_dir, roberta_tokenizer):
+    """sweep.prepared_bytes (shapes only, nothing computed) against the train and dev rows actually prepared
+    at a group's padded bucket lengths: a decoder's input caches."""
+    from bbt_jax import config as config_lib
+    from bbt_jax import tasks as tasks_lib
+    from bbt_jax.fitness import nbytes
+    from bbt_jax.harness import build
+    from bbt_jax.sweep import prepared_bytes
+    from tests.test_demos import _tiny_llama
+
+    cfg = config_lib.override(config_lib.tiny(), data_dir=str(data_dir), placement="cue", test_rows=16,
+                              num_buckets=2)
+    h = build(cfg, model=_tiny_llama(roberta_tokenizer), log=lambda s: None)
+    lengths = {s: tuple(n + 8 for n in tasks_lib.bucket_lengths(h.buckets(s))) for s in ("train", "dev")}
+    prepared = [h.prepared_rows(s, lengths[s]) for s in ("train", "dev")]
+    assert prepared_bytes(h, lengths) == sum(map(nbytes, prepared)) > 0
+
+
 def test_stack_consuming_equals_stack_and_frees_its_inputs():
     import gc
     import weakref
