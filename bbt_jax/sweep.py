@@ -25,7 +25,7 @@ import numpy as np
 
 from bbt_jax import distributed
 from bbt_jax import tasks as tasks_lib
-from bbt_jax.fitness import nbytes
+from bbt_jax.fitness import nbytes, prepare_rows
 from bbt_jax.problem import PromptProblem
 from bbt_jax.search import Search, SearchState, absorb_interval, fold
 
@@ -222,7 +222,8 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
 def prepared_bytes(h, lengths: dict) -> int:
     """Bytes of a cell's prepared train and dev rows at the group's bucket `lengths` (shapes only: nothing is
     computed)."""
-    return sum(nbytes(jax.eval_shape(lambda s=split: h.prepared_rows(s, lengths[s]))) for split in ("train", "dev"))
+    return sum(nbytes(jax.eval_shape(lambda s=split: prepare_rows(h.backbone, h.frozen, h.buckets(s, lengths[s]))))
+               for split in ("train", "dev"))
 
 
 def _train_cells(cfgs, hs, lengths, chunk, *, log, zero_shot):
