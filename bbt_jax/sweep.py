@@ -207,10 +207,11 @@ def train_group(cfgs: list, *, model, default_tokenizer=None, log: Callable = pr
         members = 1 if hs[0].gradient else (chunk or cfgs[0].search.popsize)
         rows = sum(int(b.input_ids_BxL.shape[0]) for b in hs[0].buckets("train"))  # one cell's train rows
         backend = jax.default_backend()
+        bytes_budget = GROUP_ROWS_BYTES.get(backend)  # the cells' bytes are traced only where a bound applies
+        cell_bytes = prepared_bytes(hs[0], lengths) if bytes_budget is not None and len(cfgs) > 1 else 0
         per_call, bounded = group_plan(len(cfgs), members, rows, gradient=hs[0].gradient,
-                                       budget=GROUP_MEMBER_ROWS.get(backend),
-                                       cell_bytes=prepared_bytes(hs[0], lengths),
-                                       bytes_budget=GROUP_ROWS_BYTES.get(backend))
+                                       budget=GROUP_MEMBER_ROWS.get(backend), cell_bytes=cell_bytes,
+                                       bytes_budget=bytes_budget)
         chunk = bounded or chunk
     if per_call < len(cfgs):
         log(f"{len(cfgs)} seeds in groups of {per_call} (memory bounds: sweep.GROUP_MEMBER_ROWS, GROUP_ROWS_BYTES)")
