@@ -39,9 +39,9 @@ _PROBLEM_AXES = PromptProblem(fitness=None, projection=0)
 GROUP_MEMBER_ROWS = {"cpu": 4096}
 GRADIENT_ROW_WEIGHT = 8
 # bytes of prepared train + dev rows (the decoder's input caches) one call of a seed group may hold stacked, per
-# backend. On CPU (session 20, AMD EPYC, experiments/group_chunk_bench.py): dbpedia's 5 cells (2.12 GiB each)
-# in one call held ~19 GB of the 24 GB VM and ran 1.21x slower per cell-call than one cell at a time; the other
-# tasks' cells hold <= 0.4 GiB and keep their 5-cell groups under this bound.
+# backend. On CPU (session 20, AMD EPYC, experiments/group_chunk_bench.py, group_plan_bytes.py): dbpedia's 5
+# cells (2.12 GiB each) in one call held ~19 GB of the 24 GB VM and ran 1.21x slower per cell-call than one cell
+# at a time; the other tasks' cells hold <= 0.4 GiB and keep their 5-cell groups under this bound.
 GROUP_ROWS_BYTES = {"cpu": 4 << 30}
 
 
