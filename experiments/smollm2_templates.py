@@ -43,6 +43,17 @@ VARIANTS = {
               "\nIs the hypothesis true given the premise? Answer yes, maybe or no.\nAnswer:", " yes| maybe| no"),
              ("until 2026-11-28: task's own", "Premise: {text}\nHypothesis: {text_pair}",
               "\nDoes the premise imply the hypothesis? Yes, Maybe or No?", " Yes| Maybe| No")],
+    # session 21 (7-task target): cues for the three tasks whose templates were never scanned, declared before
+    # any of them was scored (experiments/search_quality/seven_tasks_cues/README.md)
+    "yelpp": [("sst2's better cue", "", NL_CUE, ""),
+              ("review cue", "", "\nOverall, the sentiment of this review is", ""),
+              ("yelp template", "Yelp review: {text}", "", "")],
+    "agnews": [("topic cue", "", "\nThe topic of this news article is", ""),
+               ("about cue", "", "\nThis news article is about", ""),
+               ("news template", "News: {text}", "", "")],
+    "dbpedia": [("category cue", "", "\nThe category of this text is", ""),
+                ("question cue", "", "\nWhich category does this text belong to? Answer:", ""),
+                ("wikipedia template", "Wikipedia article: {text}", "", "")],
     "rte": [("true/false", "{text}\nQuestion: {text_pair} True or False?", "\nAnswer:", " True| False"),
             ("yes/no answer", "Premise: {text}\nHypothesis: {text_pair}",
              "\nIs the hypothesis true given the premise? Answer yes or no.\nAnswer:", " yes| no")],
