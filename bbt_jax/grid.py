@@ -10,7 +10,9 @@ the model and tokenizer settings stay the same (put `model` first in a grid over
 `<out>/sweep.json` records the grid and the fixed overrides; an `<out>` holding another sweep
 is refused. At the end, report.py tabulates `<out>`. A grid file may name bundles of settings,
 "variants" (e.g. {"bbt-paper": {"strategy": "pycma_es", ...}, "bbtv2": {"method": "bbtv2", "sigma": 0.2}}),
-that the grid key "variant" ranges over; the variant's name is the report's method label.
+that the grid key "variant" ranges over; the variant's name is the report's method label. A variant's
+"tasks" object gives settings for some tasks only, on top of the variant's own (a method's per-task
+choices: {"best": {"method": "bbtv2", "tasks": {"yelpp": {"cue": "..."}}}}).
 
 Cells that differ only in their seeds (few-shot split, projection, ES noise) run as ONE vmapped
 search (sweep.train_group: one compiled call per interval for all of them, each cell still with its
@@ -135,12 +137,14 @@ def read_grid_file(path: str | Path) -> dict[str, list]:
 
 
 VARIANT = "variant"
+PER_TASK = "tasks"  # a variant's settings for some tasks only
 
 
 def read_variants(path: str | Path | None) -> dict[str, dict]:
     """The grid file's "variants": {name: {setting: value}}, named bundles of settings (a method with its own
     budget, sigma, ...) that one grid key "variant" ranges over; the name becomes the report's method label.
-    A setting may be in a variant or in the grid, not both."""
+    A variant's "tasks" ({task: {setting: value}}) adds settings for those tasks (`variant_settings`). A
+    setting may be in a variant or in the grid, not both."""
     if path is None:
         return {}
     where = f"--grid-file {path}"
@@ -153,14 +157,44 @@ def read_variants(path: str | Path | None) -> dict[str, dict]:
     for name, settings in raw.items():
         if not name or _UNSAFE.search(name):
             raise UserError(f"{where}: variant name {name!r}: use letters, digits and . _ + -")
-        parsed = {}
-        for k, v in settings.items():
-            key = _key(k, f"{where} (variant {name})")
-            if key in grid_keys:
-                raise UserError(f"{where}: {key} is both in variant {name!r} and in the grid")
-            parsed[key] = parse_value(key, v, f"{where} (variant {name}, {k})")
+        parsed = _settings({k: v for k, v in settings.items() if k != PER_TASK}, grid_keys, where, f"variant {name}")
+        if PER_TASK in settings:
+            parsed[PER_TASK] = _per_task(settings[PER_TASK], grid_keys, where, f"variant {name}")
         out[name] = parsed
     return out
+
+
+def _settings(raw: dict, grid_keys: set[str], where: str, scope: str) -> dict:
+    """{setting: value} of a variant or of one task in it (`scope`), parsed."""
+    parsed = {}
+    for k, v in raw.items():
+        key = _key(k, f"{where} ({scope})")
+        if key in grid_keys:
+            raise UserError(f"{where}: {key} is both in {scope} and in the grid")
+        parsed[key] = parse_value(key, v, f"{where} ({scope}, {k})")
+    return parsed
+
+
+def _per_task(raw, grid_keys: set[str], where: str, scope: str) -> dict[str, dict]:
+    """A variant's "tasks": {task: {setting: value}}, settings for those tasks only."""
+    from bbt_jax.tasks import TASKS
+
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise UserError(f"{where} ({scope}): \"{PER_TASK}\" must be an object {{\"task\": {{\"setting\": value}}}}")
+    out = {}
+    for task, settings in raw.items():
+        if task not in TASKS:
+            raise UserError(f"{where} ({scope}): unknown task {task!r} in \"{PER_TASK}\" (choose from "
+                            f"{', '.join(TASKS)})")
+        if any(_key(k, f"{where} ({scope}, task {task})") == "task" for k in settings):
+            raise UserError(f"{where} ({scope}, task {task}): a task's settings cannot set the task")
+        out[task] = _settings(settings, grid_keys, where, f"{scope}, task {task}")
+    return out
+
+
+def variant_settings(variant: dict, task: str) -> dict:
+    """The settings a variant gives a cell of `task`: its own, then its "tasks" entry for that task."""
+    return {**{k: v for k, v in variant.items() if k != PER_TASK}, **variant.get(PER_TASK, {}).get(task, {})}
 
 
 def parse(items: list[str], grid_file: str | Path | None = None) -> dict[str, list]:
@@ -251,6 +285,14 @@ def seed_groups(configs: list[config_lib.Config]) -> list[list[int]]:
     return list(groups.values())
 
 
+def cell_config(base: config_lib.Config, cell: dict, variants: dict[str, dict], out: str | Path) -> config_lib.Config:
+    """A cell's config: the base, its variant's settings for the cell's task, then the cell's own values."""
+    variant = variants.get(cell.get(VARIANT), {})
+    task = cell.get("task", variant.get("task", base.run.task))
+    return config_lib.override(base, **variant_settings(variant, task),
+                               **{k: v for k, v in cell.items() if k != VARIANT}, out=str(Path(out) / cell_name(cell)))
+
+
 def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec: dict, environment: dict,
         default_tokenizer: str | Path | None = None, log: Callable = print, vmap_seeds: bool = True,
         variants: dict[str, dict] | None = None) -> list[Path]:
@@ -275,9 +317,7 @@ def run(base: config_lib.Config, grid: dict[str, list], out: str | Path, *, spec
     out = Path(out)
     todo = cells(grid)
     variants = variants or {}
-    configs = [config_lib.override(base, **variants.get(cell.get(VARIANT), {}),
-                                   **{k: v for k, v in cell.items() if k != VARIANT}, out=str(out / cell_name(cell)))
-               for cell in todo]  # validated
+    configs = [cell_config(base, cell, variants, out) for cell in todo]  # validated
     check_spec(out, spec)
     loaded, spent, n = {"key": None, "model": None}, [], len(todo)
 

@@ -221,6 +221,39 @@ def test_variants_are_named_bundles_of_settings(tmp_path, data_dir, capsys):
             grid.parse([], f)
 
 
+def test_a_variant_may_set_some_tasks_apart(tmp_path):
+    """A variant's "tasks" entry applies to that task's cells only, over the variant's own settings; the cell's
+    grid values still come last. Bad entries: one-line errors naming the file and the variant."""
+    f = tmp_path / "grid.json"
+    f.write_text(json.dumps({"task": ["sst2", "agnews", "rte"], "seed": [13, 21],
+                             "variants": {"best": {"budget": 40, "sigma": 0.5,
+                                                   "tasks": {"agnews": {"budget": 80, "cue": "\nAnswer:"},
+                                                             "rte": {"method": "bbtv2"}}},
+                                          "plain": {"budget": 20}}}))
+    g, variants = grid.parse([], f), grid.read_variants(f)
+    assert variants["best"]["tasks"] == {"agnews": {"budget": 80, "cue": "\nAnswer:"}, "rte": {"method": "bbtv2"}}
+    base = config_lib.demo()
+    got = {(c["variant"], c["task"], c["seed"]): grid.cell_config(base, c, variants, tmp_path / "sw")
+           for c in grid.cells(g)}
+    assert len(got) == 12
+    for seed in (13, 21):
+        sst2, agnews, rte = (got["best", t, seed] for t in ("sst2", "agnews", "rte"))
+        assert (sst2.search.budget, sst2.search.sigma, sst2.prompt.cue, sst2.search.method) == (40, 0.5, "", "bbt")
+        assert (agnews.search.budget, agnews.search.sigma, agnews.prompt.cue) == (80, 0.5, "\nAnswer:")
+        assert (rte.search.budget, rte.search.method, rte.run.seed) == (40, "bbtv2", seed)
+        assert all(got["plain", t, seed].search.budget == 20 and got["plain", t, seed].prompt.cue == ""
+                   for t in ("sst2", "agnews", "rte"))
+    assert got["best", "agnews", 21].run.out == str(tmp_path / "sw" / "variant=best,task=agnews,seed=21")
+    for tasks, match in [({"nope": {}}, "unknown task 'nope'"), ([], "must be an object"),
+                         ({"sst2": {"task": "rte"}}, "cannot set the task"),
+                         ({"sst2": {"seed": 1}}, "seed is both in variant v, task sst2 and in the grid"),
+                         ({"sst2": {"sigma": "x"}}, r"variant v, task sst2, sigma\): sigma takes a number"),
+                         ({"sst2": {"nope": 1}}, "unknown setting 'nope'")]:
+        f.write_text(json.dumps({"seed": [13], "variants": {"v": {"tasks": tasks}}}))
+        with pytest.raises(UserError, match=match):
+            grid.read_variants(f)
+
+
 def test_a_seed_group_scores_its_test_prompts_in_one_batched_pass(tmp_path, data_dir, monkeypatch):
     """The cells of a vmapped group are scored on test together: one pass over the test batches with every
     cell's selected prompt and the (shared) start prompt; each cell's own scoring then computes nothing."""
