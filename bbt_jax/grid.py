@@ -186,9 +186,9 @@ def _per_task(raw, grid_keys: set[str], where: str, scope: str) -> dict[str, dic
         if task not in TASKS:
             raise UserError(f"{where} ({scope}): unknown task {task!r} in \"{PER_TASK}\" (choose from "
                             f"{', '.join(TASKS)})")
-        if any(_key(k, f"{where} ({scope}, task {task})") == "task" for k in settings):
-            raise UserError(f"{where} ({scope}, task {task}): a task's settings cannot set the task")
         out[task] = _settings(settings, grid_keys, where, f"{scope}, task {task}")
+        if "task" in out[task]:
+            raise UserError(f"{where} ({scope}, task {task}): a task's settings cannot set the task")
     return out
 
 
