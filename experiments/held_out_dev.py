@@ -20,8 +20,9 @@ the same way, which must give the dev metric its results.json recorded for the k
 The rule that picks the recommended default from this table was declared here before any held-out score was
 computed (session 17): the (variant, start margin) pair with the highest mean held-out accuracy of its kept
 prompts over the variant's seeds, among the variants run on every seed; margins "as run" and 0, 1, 2 dev rows
-(experiments/start_margin.kept: the run's choice or z = 0; margins only for the runs that qualify); ties go to
-"as run", then to the smaller margin. `--preset smollm2-sst2` is then set to that pair's settings.
+(experiments/start_margin.kept: the run's choice or z = 0; margins only where a run can tell them: at or above
+its own --start-margin, start_margin.knows_margin); ties go to "as run", then to the smaller margin.
+`--preset smollm2-sst2` is then set to that pair's settings.
 
 Writes <out>/<task>.json (per run: seed, held-out rows, kept/start held-out accuracy, own-dev rescoring) and
 <task>.md.
@@ -52,7 +53,7 @@ from bbt_jax.models.registry import load  # noqa: E402
 from bbt_jax.provenance import cpu_model  # noqa: E402
 from bbt_jax.report import format_mean_std  # noqa: E402
 from experiments.off_domain import finished_cells, with_source_demos  # noqa: E402
-from experiments.start_margin import best_on_dev, kept, plain_dev_choice  # noqa: E402
+from experiments.start_margin import best_on_dev, kept, knows_margin, plain_dev_choice  # noqa: E402
 
 MARGINS = (None, 0.0, 1.0, 2.0)  # dev rows; None: as run
 
@@ -150,7 +151,8 @@ def main() -> int:
         out["variants"].setdefault(name, []).append({
             "seed": cfg.run.seed, "rows": len(rows), "start": start, "kept": tuned,
             "own_dev": {"start": own_start, "kept": own_tuned}, "reproduces": check if checkable else None,
-            "plain": plain, "margins": {margin_name(m): bool(kept(res, m)) for m in MARGINS if plain},
+            "plain": plain,
+            "margins": {margin_name(m): bool(kept(res, m)) for m in MARGINS if knows_margin(res, m)},
             "test": res["test"][task.metric], "start_test": (res.get("zero_shot_test") or {}).get(task.metric)})
         print(f"{name} seed {cfg.run.seed}: held-out ({len(rows)} rows) start {100 * start:.1f} kept "
               f"{100 * tuned:.1f} | own dev start {100 * own_start:.1f} kept {100 * own_tuned:.1f}"
@@ -178,9 +180,9 @@ def _layout_key(res: dict) -> tuple:
 
 
 def margin_scores(runs: list[dict], m) -> list[float] | None:
-    """Held-out accuracy (%) of what each run keeps under margin m (None: as run); None if a run does not
-    qualify for margins."""
-    if m is not None and not all(r["plain"] for r in runs):
+    """Held-out accuracy (%) of what each run keeps under margin m (None: as run); None if a run cannot tell
+    that margin (experiments/start_margin.knows_margin)."""
+    if m is not None and not all(margin_name(m) in r["margins"] for r in runs):
         return None
     return [100 * (r["kept"] if m is None or r["margins"][margin_name(m)] else r["start"]) for r in runs]
 

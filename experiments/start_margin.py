@@ -37,6 +37,16 @@ def plain_dev_choice(res: dict) -> bool:
     return best_on_dev(res) and res.get("config", {}).get("search", {}).get("start_margin", -1.0) <= 0
 
 
+def knows_margin(res: dict, rows: float | None) -> bool:
+    """Whether `kept(res, rows)` is exact: the run as made (`rows` None), or a margin at or above the run's own
+    --start-margin (any margin >= 0 for a run without one; a run made with a margin cannot tell what a smaller
+    one would have kept)."""
+    if rows is None:
+        return True
+    own = res.get("config", {}).get("search", {}).get("start_margin", -1.0)
+    return best_on_dev(res) and rows / res["rows"]["dev"]["used"] >= own - 1e-9
+
+
 def best_on_dev(res: dict) -> bool:
     """z = 0 scored on dev first and the dev metric selecting, one evaluation at a time (any start margin): the
     kept candidate's dev metric is results.json's dev.best_perf."""

@@ -64,3 +64,27 @@ def test_held_out_dev_script_reproduces_the_runs_dev_figures(tmp_path, data_dir)
     again = json.loads((tmp_path / "out" / "sst2.json").read_text())
     assert again["variants"] == json.loads(before)["variants"] and again["added"][0]["only"] == ["bbt"]
     assert "Then `--only bbt`" in (tmp_path / "out" / "sst2.md").read_text()
+
+
+def test_margins_a_run_can_tell_hand_computed():
+    """A run made with a 1-row start margin (of 32 dev rows) tells margins 1 and 2, not 0; one without tells all.
+    Seed 87 left z = 0 by exactly 2 rows: margin 1 keeps its candidate, margin 2 its start; the held-out means
+    are then hand-computed from the kept and start scores."""
+    from experiments.held_out_dev import MARGINS, margin_name, margin_scores
+    from experiments.start_margin import kept, knows_margin
+
+    def res(margin, best_generation, best, z0):
+        return {"config": {"search": {"start_margin": margin}}, "rows": {"dev": {"used": 32}}, "dev_z0": {"perf": z0},
+                "dev": {"best_generation": best_generation, "best_perf": best}}
+
+    moved, stayed, free = res(1 / 32, 19, 27 / 32, 25 / 32), res(1 / 32, 0, 30 / 32, 30 / 32), res(-1.0, 5, 0.75, 0.7)
+    assert [knows_margin(moved, m) for m in MARGINS] == [True, False, True, True]
+    assert [knows_margin(free, m) for m in MARGINS] == [True, True, True, True]
+    assert [kept(moved, m) for m in (None, 1.0, 2.0)] == [True, True, False]
+    assert [kept(stayed, m) for m in (None, 1.0, 2.0)] == [True, False, False]
+    runs = [{"start": s, "kept": k, "margins": {margin_name(m): bool(kept(r, m)) for m in MARGINS
+                                                if knows_margin(r, m)}}
+            for r, s, k in ((moved, 0.86, 0.82), (stayed, 0.9, 0.9))]
+    assert margin_scores(runs, 0.0) is None
+    assert margin_scores(runs, None) == margin_scores(runs, 1.0) == [82.0, 90.0]
+    assert margin_scores(runs, 2.0) == [86.0, 90.0]
