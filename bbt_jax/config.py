@@ -394,16 +394,19 @@ def smollm2_sst2() -> Config:
     """The recommended SmolLM2 setting for sst2 (issue 16), chosen on held-out dev rows only: the demo preset
     with one demonstration per class in the template, the one of 20 draws from the training rows whose
     template at z = 0 has the lowest training loss (20 calls), then 380 calls of CMA-ES, and a candidate
-    replaces z = 0 only if it beats it on dev by more than one row of sst2's 32 (--start-margin 1/32).
+    replaces z = 0 only if it beats it on dev by more than two rows of sst2's 32 (--start-margin 2/32).
     experiments/held_out_dev.py scored every variant of experiments/search_quality (5 seeds) and start margin
     (as run, 0, 1, 2 dev rows) on the other seeds' 16-shot rows (about 250 per seed, no test row), by a rule
-    declared before the scores were computed (session 17): this pair scored highest (84.9, mean over seeds).
+    declared before the scores were computed (session 17): this variant scored highest (84.9, mean over seeds),
+    margins 1 and 2 tied and the tie went to 1. Session 22 applied the same rule to the cells today's code
+    reproduces (experiments/search_quality/held_out_rerun): there 1 row lets seed 87 leave z = 0 for a prompt
+    2.8 points worse on its held-out rows, and 2 rows win (84.9 against 84.3).
     Until session 16 the preset was cue-nl-every-gen (a longer sentiment cue, dev every generation), chosen
     by its dev score on the very rows it selected on; on held-out rows it scores 82.4."""
     cfg = demo()
     return dataclasses.replace(
         cfg, prompt=dataclasses.replace(cfg.prompt, demos=1, demo_draws=20),
-        search=dataclasses.replace(cfg.search, budget=380, start_margin=1 / 32),
+        search=dataclasses.replace(cfg.search, budget=380, start_margin=2 / 32),
         run=dataclasses.replace(cfg.run, task="sst2", out="runs/smollm2-sst2"))
 
 

@@ -263,12 +263,12 @@ def test_help_lists_every_flag(command, capsys):
 def test_the_sst2_recommendation_is_the_demo_with_the_chosen_demonstrations_and_margin(capsys):
     """`--preset smollm2-sst2` (issue 16's choice on held-out dev, experiments/search_quality/held_out_dev)
     resolves to the demo preset with in2-draws' settings (one demonstration per class, 20 draws, 380 calls)
-    and a start margin of one of sst2's 32 dev rows, nothing else (its docstring's claim)."""
+    and a start margin of two of sst2's 32 dev rows, nothing else (its docstring's claim)."""
     assert cli.main(["train", "--preset", "smollm2-sst2", "--print-config"]) == 0
     best = json.loads(capsys.readouterr().out)
     assert cli.main(["train", "--preset", "demo", "--print-config"]) == 0
     demo = json.loads(capsys.readouterr().out)
     assert (best["prompt"]["demos"], best["prompt"]["demo_draws"], best["search"]["budget"]) == (1, 20, 380)
-    assert best["search"]["start_margin"] == 1 / 32 and best["search"]["dev_init"]
+    assert best["search"]["start_margin"] == 2 / 32 and best["search"]["dev_init"]
     assert config_lib.diff(demo, best, tuple(config_lib.flat_fields())) == [
         "demos", "demo_draws", "budget", "start_margin", "out"]
