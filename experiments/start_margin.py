@@ -8,9 +8,9 @@ dev metric selecting (one evaluation at a time, `--select-by metric`, `--dev-smo
 run's kept candidate is the lexicographic best of (dev metric, lower dev loss) over z = 0 and its candidates;
 with a margin m >= 0 the kept candidate is that same one when its dev metric exceeds z = 0's by more than m,
 else z = 0 (the first candidate over the bar is at or before the best one, and after it the usual rule keeps the
-best). So each run's test under the margin is its own test or its start's test (zero_shot_test). Runs that do not
-qualify (no dev_z0, loss or smoothed selection, cross-validation, a --start-margin above 0) are counted and
-skipped.
+best; a run made with a margin keeps that same candidate for any larger one). So each run's test under the
+margin is its own test or its start's test (zero_shot_test). Runs that do not qualify (no dev_z0, loss or
+smoothed selection, cross-validation, a --start-margin above the smallest of --rows) are counted and skipped.
 
 Margins are given in dev rows (m = rows / the run's dev rows; for F1 the same fraction); 0 rows = a dev tie keeps
 the start (no tie-break on dev loss against z = 0).
@@ -28,8 +28,9 @@ from bbt_jax.io import read_json, write_bytes_atomic
 from bbt_jax.report import find_results, format_mean_std, load_results, method_label, test_metric
 
 
-def qualifies(res: dict) -> bool:
-    return plain_dev_choice(res) and res.get("zero_shot_test") is not None
+def qualifies(res: dict, margins=(0.0,)) -> bool:
+    """Every margin in `margins` (dev rows) is exact for the run and its start has a test score."""
+    return all(knows_margin(res, m) for m in margins) and res.get("zero_shot_test") is not None
 
 
 def plain_dev_choice(res: dict) -> bool:
@@ -109,7 +110,7 @@ def main() -> int:
     cells, skipped = collections.defaultdict(list), 0
     for path in find_results(args.root):
         res = load_results(path)
-        if qualifies(res):
+        if qualifies(res, margins):
             cells[(res["task"], method_label(res))].append(res)
         else:
             skipped += 1

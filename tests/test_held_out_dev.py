@@ -82,6 +82,11 @@ def test_margins_a_run_can_tell_hand_computed():
     assert [knows_margin(free, m) for m in MARGINS] == [True, True, True, True]
     assert [kept(moved, m) for m in (None, 1.0, 2.0)] == [True, True, False]
     assert [kept(stayed, m) for m in (None, 1.0, 2.0)] == [True, False, False]
+    from experiments.start_margin import qualifies  # start_margin.py's table: every margin asked must be exact
+
+    moved["zero_shot_test"] = {"acc": 0.86}
+    assert qualifies(moved, (1.0, 2.0)) and not qualifies(moved, (0.0, 1.0, 2.0))
+    assert not qualifies(stayed, (1.0,))  # no start's test score
     runs = [{"start": s, "kept": k, "margins": {margin_name(m): bool(kept(r, m)) for m in MARGINS
                                                 if knows_margin(r, m)}}
             for r, s, k in ((moved, 0.86, 0.82), (stayed, 0.9, 0.9))]
