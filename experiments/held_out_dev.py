@@ -102,6 +102,13 @@ def score(cfg: C.Config, task: tasks_lib.Task, rows: list, saved: artifact.Saved
     return start[task.metric], tuned[task.metric]
 
 
+def margin_rows(res: dict, margin_of: int) -> list[tuple[float | None, float | None]]:
+    """[(margin as labelled, the run's own dev rows it stands for)] for MARGINS: the same, or m / margin_of of the
+    run's dev rows."""
+    used = res["rows"]["dev"]["used"]
+    return [(m, m if m is None or not margin_of else m * used / margin_of) for m in MARGINS]
+
+
 def margin_name(m) -> str:
     return "as run" if m is None else f"margin {m:g}"
 
@@ -113,8 +120,14 @@ def main() -> int:
     p.add_argument("--seeds", default="13,21,42,87,100", help="the k-shot seeds whose rows are pooled")
     p.add_argument("--only", default="", help="comma-separated variant labels: score only these and merge them "
                    "into <out>'s table (the variants already there stay)")
+    p.add_argument("--margin-of", type=int, default=0, metavar="ROWS",
+                   help="count the margins in rows of a ROWS-row dev set, i.e. as the fraction m / ROWS of each "
+                   "run's own dev rows (what --start-margin sets; 32: 1 row of sst2's 32 = 2 of agnews' 64); "
+                   "default: in the run's own dev rows")
     p.add_argument("--out", required=True)
     args = p.parse_args()
+    if args.margin_of < 0:
+        raise UserError(f"--margin-of {args.margin_of}: a number of dev rows (0: the run's own)")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
@@ -152,7 +165,8 @@ def main() -> int:
             "seed": cfg.run.seed, "rows": len(rows), "start": start, "kept": tuned,
             "own_dev": {"start": own_start, "kept": own_tuned}, "reproduces": check if checkable else None,
             "plain": plain,
-            "margins": {margin_name(m): bool(kept(res, m)) for m in MARGINS if knows_margin(res, m)},
+            "margins": {margin_name(m): bool(kept(res, r)) for m, r in margin_rows(res, args.margin_of)
+                        if knows_margin(res, r)},
             "test": res["test"][task.metric], "start_test": (res.get("zero_shot_test") or {}).get(task.metric)})
         print(f"{name} seed {cfg.run.seed}: held-out ({len(rows)} rows) start {100 * start:.1f} kept "
               f"{100 * tuned:.1f} | own dev start {100 * own_start:.1f} kept {100 * own_tuned:.1f}"
@@ -191,14 +205,17 @@ def table(out: dict, args) -> str:
     variants = out["variants"]
     full = max(len(v) for v in variants.values())
     lines = [f"# Held-out dev on {out['task']}: kept prompts scored on rows no run selected on", "",
-             f"Command: `python experiments/held_out_dev.py {' '.join(args.root)} --task {out['task']} --out "
-             f"{args.out}`; CPU: {out['cpu']}."] + [
+             f"Command: `python experiments/held_out_dev.py {' '.join(args.root)} --task {out['task']}"
+             + (f" --margin-of {args.margin_of}" if args.margin_of else "") + f" --out {args.out}`; CPU: {out['cpu']}."
+             + (f" Margins in rows of a {args.margin_of}-row dev set: m / {args.margin_of} of each run's own dev rows."
+                if args.margin_of else "")] + [
                  f"Then `--only {','.join(a['only'])}` (CPU: {a['cpu']}): those variants scored again and merged here."
                  for a in out.get("added", [])] + ["",
              "Per seed, the other seeds' 16-shot train and dev rows not in its own (held-out rows, mean per seed "
-             "below); accuracy %, mean ± std over seeds; below: seeds whose kept prompt scores under their start "
-             "there. `own dev reproduced`: runs whose rescoring on their own dev rows gives results.json's dev "
-             "figures for the kept prompt and z = 0 (runs whose dev metric chose, one evaluation at a time).", "",
+             "below); the task's metric % (accuracy; mrpc F1), mean ± std over seeds; below: seeds whose kept "
+             "prompt scores under their start there. `own dev reproduced`: runs whose rescoring on their own dev "
+             "rows gives results.json's dev figures for the kept prompt and z = 0 (runs whose dev metric chose, one "
+             "evaluation at a time).", "",
              "| variant | seeds | held-out rows | start | " + " | ".join(
                  f"{margin_name(m)} (below)" for m in MARGINS) + " | own dev reproduced | test as run |",
              "|" + "---|" * (7 + len(MARGINS))]

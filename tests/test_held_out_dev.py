@@ -93,3 +93,20 @@ def test_margins_a_run_can_tell_hand_computed():
     assert margin_scores(runs, 0.0) is None
     assert margin_scores(runs, None) == margin_scores(runs, 1.0) == [82.0, 90.0]
     assert margin_scores(runs, 2.0) == [86.0, 90.0]
+
+
+def test_margins_counted_in_rows_of_32():
+    """--margin-of 32: margin m stands for m / 32 of the run's dev rows (what --start-margin sets): a run with 64
+    dev rows made with --start-margin 1/32 (2 of its rows) tells margins 1 and 2 of 32 (2 and 4 of its rows), and
+    a candidate 3 rows above z = 0 stays under 1 of 32 and goes under 2 of 32; counted in its own rows it tells
+    only margin 2 (= its own 2 rows)."""
+    from experiments.held_out_dev import MARGINS, margin_rows
+    from experiments.start_margin import kept, knows_margin
+
+    res = {"config": {"search": {"start_margin": 1 / 32}}, "rows": {"dev": {"used": 64}},
+           "dev_z0": {"perf": 40 / 64}, "dev": {"best_generation": 7, "best_perf": 43 / 64}}
+    assert margin_rows(res, 32) == [(None, None), (0.0, 0.0), (1.0, 2.0), (2.0, 4.0)]
+    assert margin_rows(res, 0) == [(m, m) for m in MARGINS]
+    assert [knows_margin(res, r) for _, r in margin_rows(res, 32)] == [True, False, True, True]
+    assert [kept(res, r) for _, r in margin_rows(res, 32)[2:]] == [True, False]
+    assert [knows_margin(res, r) for _, r in margin_rows(res, 0)] == [True, False, False, True]
