@@ -28,6 +28,12 @@ from bbt_jax.io import read_json, write_bytes_atomic
 from bbt_jax.report import find_results, format_mean_std, load_results, method_label, test_metric
 
 
+def own_rows(res: dict, rows: float | None, margin_of: int = 0) -> float | None:
+    """`rows` dev rows counted in rows of a `margin_of`-row dev set (the fraction rows / margin_of, as
+    --start-margin sets it), as the run's own dev rows; margin_of 0: already the run's own."""
+    return rows if rows is None or not margin_of else rows * res["rows"]["dev"]["used"] / margin_of
+
+
 def qualifies(res: dict, margins=(0.0,)) -> bool:
     """Every margin in `margins` (dev rows) is exact for the run and its start has a test score."""
     return all(knows_margin(res, m) for m in margins) and res.get("zero_shot_test") is not None
@@ -70,7 +76,7 @@ def kept(res: dict, rows: float | None) -> bool:
     return res["dev"].get("best_generation", 0) > 0 and res["dev"]["best_perf"] > res["dev_z0"]["perf"] + margin + 1e-9
 
 
-def off_domain_lines(path: str, cells: dict, margins: list) -> list[str]:
+def off_domain_lines(path: str, cells: dict, margins: list, margin_of: int = 0) -> list[str]:
     """The margins on an experiments/off_domain.py table (its json: per seed the tuned prompt's and, for
     --demos runs, its own start's target score): a run reverted to z = 0 scores its start there."""
     table = read_json(path, path, "off-domain json")
@@ -88,7 +94,8 @@ def off_domain_lines(path: str, cells: dict, margins: list) -> list[str]:
             continue
         row = [method, str(len(seeds)), format_mean_std(starts)]
         for m in [None, *margins]:
-            got = [t if kept(by_seed[sd], m) else st for sd, t, st in zip(seeds, entry["target"], starts, strict=True)]
+            got = [t if kept(by_seed[sd], own_rows(by_seed[sd], m, margin_of)) else st
+                   for sd, t, st in zip(seeds, entry["target"], starts, strict=True)]
             below = sum(g < st - 1e-9 for g, st in zip(got, starts, strict=True))
             row.append(f"{format_mean_std(got)} ({below})")
         lines.append("| " + " | ".join(row) + " |")
@@ -100,6 +107,9 @@ def main() -> int:
     p.add_argument("root", nargs="+", help="run folders or sweeps (their results.json)")
     p.add_argument("--rows", default="0,1,2", help="margins in dev rows, comma-separated (default 0,1,2)")
     p.add_argument("--off-domain", help="an experiments/off_domain.py json: the margins on its per-seed scores")
+    p.add_argument("--margin-of", type=int, default=0, metavar="ROWS",
+                   help="count --rows in rows of a ROWS-row dev set, i.e. as the fraction m / ROWS of each run's own "
+                   "dev rows (what --start-margin sets); default: the run's own dev rows")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     try:
@@ -110,7 +120,7 @@ def main() -> int:
     cells, skipped = collections.defaultdict(list), 0
     for path in find_results(args.root):
         res = load_results(path)
-        if qualifies(res, margins):
+        if qualifies(res, [own_rows(res, m, args.margin_of) for m in margins]):
             cells[(res["task"], method_label(res))].append(res)
         else:
             skipped += 1
@@ -121,13 +131,15 @@ def main() -> int:
         f"margin {m:g} rows (below start)" for m in margins) + " |"
     cpus = sorted({r.get("environment", {}).get("cpu_model", "?") for runs in cells.values() for r in runs})
     lines = [f"CPU of the runs (their results.json): {', '.join(cpus)}. Roots: {', '.join(args.root)}. "
-             f"Skipped (not exact here): {skipped} runs.", "", head, "|" + "---|" * (5 + len(margins))]
+             f"Skipped (not exact here): {skipped} runs."
+             + (f" Margins in rows of a {args.margin_of}-row dev set (m / {args.margin_of} of each run's own)."
+                if args.margin_of else ""), "", head, "|" + "---|" * (5 + len(margins))]
     delta = collections.defaultdict(lambda: collections.defaultdict(list))
     for (task, method), runs in sorted(cells.items()):
         starts = [100 * r["zero_shot_test"][test_metric(r)] for r in runs]
         row = [task, method, str(len(runs)), format_mean_std(starts)]
         for m in [None, *margins]:
-            tests = [kept_test(r, m) for r in runs]
+            tests = [kept_test(r, own_rows(r, m, args.margin_of)) for r in runs]
             below = sum(t < s - 1e-9 for t, s in zip(tests, starts, strict=True))
             row.append(f"{format_mean_std(tests)} ({below})")
             delta[method][m].extend(t - s for t, s in zip(tests, starts, strict=True))
@@ -140,7 +152,7 @@ def main() -> int:
                 [None, *margins]]
         lines.append(f"| {method} | {len(by_m[None])} | " + " | ".join(vals) + " |")
     if args.off_domain:
-        lines += off_domain_lines(args.off_domain, cells, margins)
+        lines += off_domain_lines(args.off_domain, cells, margins, args.margin_of)
     write_bytes_atomic(args.out, ("\n".join(lines) + "\n").encode())
     print("\n".join(lines))
     return 0
