@@ -53,7 +53,7 @@ from bbt_jax.models.registry import load  # noqa: E402
 from bbt_jax.provenance import cpu_model  # noqa: E402
 from bbt_jax.report import format_mean_std  # noqa: E402
 from experiments.off_domain import finished_cells, with_source_demos  # noqa: E402
-from experiments.start_margin import best_on_dev, kept, knows_margin, plain_dev_choice  # noqa: E402
+from experiments.start_margin import best_on_dev, kept, knows_margin, own_rows, plain_dev_choice  # noqa: E402
 
 MARGINS = (None, 0.0, 1.0, 2.0)  # dev rows; None: as run
 
@@ -103,10 +103,8 @@ def score(cfg: C.Config, task: tasks_lib.Task, rows: list, saved: artifact.Saved
 
 
 def margin_rows(res: dict, margin_of: int) -> list[tuple[float | None, float | None]]:
-    """[(margin as labelled, the run's own dev rows it stands for)] for MARGINS: the same, or m / margin_of of the
-    run's dev rows."""
-    used = res["rows"]["dev"]["used"]
-    return [(m, m if m is None or not margin_of else m * used / margin_of) for m in MARGINS]
+    """[(margin as labelled, the run's own dev rows it stands for)] for MARGINS (start_margin.own_rows)."""
+    return [(m, own_rows(res, m, margin_of)) for m in MARGINS]
 
 
 def margin_name(m) -> str:
