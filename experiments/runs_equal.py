@@ -26,10 +26,14 @@ from bbt_jax.report import find_results, load_results, run_rows  # noqa: E402
 
 
 def cells(patterns: list[str], flag: str) -> dict[tuple[str, int], tuple[dict, Path]]:
-    """{(task, seed): (results, folder)} of the results.json under the globbed folders."""
-    folders = [p for pattern in patterns for p in sorted(glob.glob(pattern))]
-    if not folders:
-        raise UserError(f"{flag} {' '.join(patterns)}: no such folder")
+    """{(task, seed): (results, folder)} of the results.json under the globbed folders, one run per (task,
+    seed) (experiments/seven_task_target.py's --kept too)."""
+    folders = []
+    for pattern in patterns:
+        found = sorted(glob.glob(pattern))
+        if not found:
+            raise UserError(f"{flag} {pattern}: no such file or folder")
+        folders += found
     out = {}
     for path in find_results(folders):
         res = load_results(path)

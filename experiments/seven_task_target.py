@@ -28,22 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments.*` 
 from bbt_jax.errors import UserError, run_main  # noqa: E402
 from bbt_jax.io import write_bytes_atomic  # noqa: E402
 from bbt_jax.report import find_results, load_results, run_rows  # noqa: E402
+from experiments.runs_equal import cells  # noqa: E402
 
 TASKS = ("sst2", "yelpp", "agnews", "dbpedia", "mrpc", "rte", "snli")
 
 
 def kept_scores(roots: list[str]) -> dict[str, dict[int, tuple[float, str, str]]]:
-    """{task: {seed: (test %, folder, method label)}}, one run per (task, seed) of TASKS (a clear error
-    otherwise)."""
+    """{task: {seed: (test %, folder, method label)}} of TASKS, one run per (task, seed) (runs_equal.cells: a
+    clear error otherwise)."""
     out = collections.defaultdict(dict)
-    for path in find_results(roots):
-        row = run_rows(load_results(path), path.parent)[0]
-        task, seed = row["task"], row["seed"]
-        if task not in TASKS:
-            continue
-        if seed in out[task]:
-            raise UserError(f"--kept: two runs of {task} seed {seed}: {out[task][seed][1]} and {path.parent}")
-        out[task][seed] = (row["test"], str(path.parent), row["method"])
+    for (task, seed), (res, folder) in cells(roots, "--kept").items():
+        if task in TASKS:
+            row = run_rows(res)[0]
+            out[task][seed] = (row["test"], str(folder), row["method"])
     missing = [t for t in TASKS if t not in out]
     if missing:
         raise UserError(f"--kept {' '.join(roots)}: no run of {', '.join(missing)}")

@@ -41,7 +41,7 @@ def qualifies(res: dict, margins=(0.0,)) -> bool:
 
 def plain_dev_choice(res: dict) -> bool:
     """`best_on_dev` without a margin above 0 (a run with one cannot tell what a smaller one would have kept)."""
-    return best_on_dev(res) and res.get("config", {}).get("search", {}).get("start_margin", -1.0) <= 0
+    return knows_margin(res, 0.0)
 
 
 def knows_margin(res: dict, rows: float | None) -> bool:
